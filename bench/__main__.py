@@ -1,0 +1,18 @@
+"""`make bench`: every budget of the SPEC that this package measures, as ratios of medians."""
+
+import sys
+
+import torch
+
+from . import bench_with_torch
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread; ratios of medians")
+    ok = bench_with_torch.main()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The one place arrays become tensors and back, and the one walk over nested inputs.
+
+numpy arrays cross with `torch.from_numpy` / `Tensor.numpy()` and cupy arrays with DLPack:
+both share memory, so a contiguous float32 array and the tensor torch sees are the same bytes (P5).
+"""
+
+from typing import Any, Callable, List, Tuple
+
+import numpy
+import torch
+from thinc.types import ArgsKwargs
+
+
+def is_array(value: Any) -> bool:
+    """True for numpy and cupy arrays and torch tensors: the leaves of a nested input."""
+    return isinstance(value, (numpy.ndarray, torch.Tensor)) or hasattr(
+        value, "__cuda_array_interface__"
+    )
+
+
+def to_tensor(array: Any) -> torch.Tensor:
+    """View a numpy/cupy array as a tensor, without a copy where torch allows one."""
+    if isinstance(array, torch.Tensor):
+        return array
+    if isinstance(array, numpy.ndarray):
+        if not array.flags.writeable or any(step < 0 for step in array.strides):
+            array = numpy.ascontiguousarray(array).copy()  # torch refuses these views
+        return torch.from_numpy(array)
+    return torch.from_dlpack(array)
+
+
+def to_array(tensor: torch.Tensor) -> Any:
+    """View a tensor as a numpy array (CPU) or a cupy array (CUDA), without a copy."""
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        return tensor.numpy()
+    import cupy
+
+    return cupy.from_dlpack(tensor)
+
+
+def map_arrays(fn: Callable[[Any], Any], value: Any) -> Any:
+    """Apply `fn` to every array leaf of a list/tuple/dict/ArgsKwargs structure, keeping its shape.
+
+    Leaves that are not arrays (ints, strings, None) are returned as they are. The order in which
+    `fn` sees the leaves is fixed: depth first, dicts in key order.
+    """
+    if is_array(value):
+        return fn(value)
+    if isinstance(value, ArgsKwargs):
+        return ArgsKwargs(
+            args=tuple(map_arrays(fn, arg) for arg in value.args),
+            kwargs={key: map_arrays(fn, arg) for key, arg in value.kwargs.items()},
+        )
+    if isinstance(value, list):
+        return [map_arrays(fn, item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(map_arrays(fn, item) for item in value)
+    if isinstance(value, dict):
+        return {key: map_arrays(fn, item) for key, item in value.items()}
+    return value
+
+
+def pair_leaves(outputs: Any, grads: Any) -> List[Tuple[Any, Any]]:
+    """Pair each array leaf of `outputs` with the leaf at the same place in `grads`.
+
+    `grads` mirrors `outputs` (as Thinc's dY mirrors Y); a missing or None gradient pairs with None.
+    """
+    if is_array(outputs):
+        return [(outputs, grads)]
+    if grads is None:
+        return [(leaf, None) for leaf in _leaves(outputs)]
+    if isinstance(outputs, (list, tuple)):
+        return [pair for out, grad in zip(outputs, grads) for pair in pair_leaves(out, grad)]
+    if isinstance(outputs, dict):
+        return [pair for key in outputs for pair in pair_leaves(outputs[key], grads.get(key))]
+    return []
+
+
+def _leaves(value: Any) -> List[Any]:
+    leaves: List[Any] = []
+    map_arrays(leaves.append, value)
+    return leaves
+
+
+def describe(value: Any) -> str:
+    """A short description of an input for error messages: shapes and dtypes, not contents."""
+    if is_array(value):
+        return f"{type(value).__name__}{tuple(value.shape)} {value.dtype}"
+    if isinstance(value, ArgsKwargs):
+        return f"ArgsKwargs({describe(list(value.args))}, {describe(value.kwargs)})"
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__ + "[" + ", ".join(describe(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {describe(item)}" for key, item in value.items()) + "}"
+    return type(value).__name__

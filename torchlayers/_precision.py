@@ -1,0 +1,60 @@
+"""Mixed precision on CUDA: autocast forward, loss scaling, skip an update that overflowed (W8).
+
+torch's GradScaler wraps a torch optimizer; here Thinc's optimizer does the step, so the scaler's
+three jobs are done by hand: scale dY, unscale the gradients before the step, skip and back off
+when they are not finite, grow the scale after a run of good steps.
+"""
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from thinc.api import Model
+
+if TYPE_CHECKING:
+    from ._shim import TorchShim
+
+GROWTH_INTERVAL = 2000  # torch.amp.GradScaler's defaults
+GROWTH_FACTOR = 2.0
+BACKOFF_FACTOR = 0.5
+
+
+def use_scaling(shim: "TorchShim") -> bool:
+    """Mixed precision is on, the module is float32 and lives on a CUDA device."""
+    return (
+        bool(shim.cfg["mixed_precision"])
+        and shim.dtype == torch.float32
+        and any(p.is_cuda for p in shim.params.values())
+    )
+
+
+def autocast(shim: "TorchShim") -> Any:
+    if use_scaling(shim):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def unscale_or_skip(shim: "TorchShim", node: Model) -> None:
+    """Divide the gradients by the loss scale; if any is inf/nan, drop them all (no update)."""
+    if not use_scaling(shim):
+        return
+    grads = [p.grad for p in shim.params.values() if p.grad is not None]
+    if not grads:
+        return
+    found_inf = torch.zeros(1, device=grads[0].device)
+    inv_scale = torch.full((1,), 1.0 / shim.loss_scale, device=grads[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+    if found_inf.item():
+        shim.loss_scale *= BACKOFF_FACTOR
+        shim._good_steps = 0
+        for name, param in shim.params.items():
+            param.grad = None
+            # ParamServer has no public way to drop a gradient, and a zero gradient would
+            # still move Adam's moments: without it, Model.finish_update skips this param.
+            node._params._grads.pop((node.id, name), None)
+        shim.grad_tensors.clear()
+        return
+    shim._good_steps += 1
+    if shim._good_steps >= GROWTH_INTERVAL:
+        shim.loss_scale *= GROWTH_FACTOR
+        shim._good_steps = 0

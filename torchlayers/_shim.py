@@ -1,0 +1,301 @@
+"""TorchShim: the torch side of a `with_torch` node.
+
+Thinc owns the parameters: each torch parameter is a Thinc param of the node, and the torch
+`Parameter` is re-pointed (`param.data = view`) at that very array, so the optimizer, `use_params`,
+averages, serialization and `copy` all work through Thinc's own machinery, and torch sees the
+result without a copy. The shim holds the module, keeps the two sides pointing at the same memory,
+and answers the hooks Thinc calls on shims: `finish_update`, `use_params`, `to_device`,
+`to_bytes`/`from_bytes` (buffers and a shape header), `copy`.
+"""
+
+import contextlib
+import copy
+import json
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import safetensors.torch
+import torch
+from thinc.api import Model, Optimizer
+from thinc.shims.shim import Shim
+
+from ._convert import to_array, to_tensor
+
+FORMAT = "torchlayers.with_torch/1"
+Factory = Callable[[Optional[int], Optional[int]], torch.nn.Module]
+
+
+class TorchShim(Shim):
+    """Holds a torch module whose parameters alias the Thinc params of its node."""
+
+    def __init__(
+        self,
+        module: Optional[torch.nn.Module],
+        factory: Optional[Factory] = None,
+        mixed_precision: bool = False,
+    ):
+        super().__init__(module, config={"mixed_precision": mixed_precision})
+        self.factory = factory
+        self._node: Optional[Model] = None  # set by the node's forward/init; a copy starts without
+        self.dtype = torch.float32
+        self._link_module(module)
+        self.loss_scale = 2.0**16
+        self._good_steps = 0
+
+    def _reset_links(self) -> None:
+        # name -> Parameter, and the Thinc arrays each Parameter / .grad currently views.
+        self.params: Dict[str, torch.nn.Parameter] = {}
+        self.param_arrays: Dict[str, Any] = {}
+        self.grad_tensors: Dict[str, Optional[torch.Tensor]] = {}
+        self.grads_cleared = False  # an optimizer zeroed every grad since the last backward
+        self._flag_holders: List[Dict[str, Any]] = []
+
+    @property
+    def module(self) -> Optional[torch.nn.Module]:
+        return self._model
+
+    # -- linking the two sides -------------------------------------------------------------
+
+    def attach(self, node: Model, module: torch.nn.Module) -> None:
+        """Make `module`'s parameters Thinc params of `node` (adopting ones `node` already has)."""
+        self._node = node
+        self._link_module(module)
+        for name, param in self.params.items():
+            check_dtype(node, name, param)
+            if node.has_param(name):
+                check_shape(node, name, tuple(param.shape), node.get_param(name).shape)
+            else:
+                data = param.data if param.data.is_contiguous() else param.data.contiguous()
+                node.set_param(name, to_array(data))
+        self.sync(node)
+
+    def bind(self, node: Model) -> None:
+        """Remember the node, for the hooks Thinc calls without it (use_params, from_bytes)."""
+        self._node = node
+
+    def node(self) -> Optional[Model]:
+        """The node this shim belongs to, or None (a copy not yet run, a stale deepcopy)."""
+        node = self._node
+        return node if node is not None and any(s is self for s in node.shims) else None
+
+    def sync(self, node: Model) -> None:
+        """Point each torch parameter at its node's current Thinc array, where that changed.
+
+        Thinc swaps arrays in `use_params`, `from_bytes`, `to_gpu` and `copy`; this is the one
+        place the torch side follows. Cost: one identity check per parameter.
+        """
+        self._node = node
+        for name, param in self.params.items():
+            array = node.get_param(name)
+            if array is not self.param_arrays.get(name):
+                check_shape(node, name, tuple(param.shape), array.shape)
+                param.data = to_tensor(array)
+                self.param_arrays[name] = array
+
+    def prepare_grads(self, node: Model) -> None:
+        """Before a backward pass: each `.grad` views the node's Thinc gradient, so torch adds
+        into it in place. After an optimizer step the grads are all zero: start from None, as
+        `zero_grad(set_to_none=True)` does, and adopt what torch allocates."""
+        for name, param in self.params.items():
+            if self.grads_cleared or not node.has_grad(name):
+                param.grad = None
+            else:
+                grad = node.get_grad(name)
+                tensor = self.grad_tensors.get(name)
+                if tensor is None or param.grad is not tensor:
+                    tensor = to_tensor(grad)
+                    param.grad = tensor
+                    self.grad_tensors[name] = tensor
+        self.grads_cleared = False
+
+    def collect_grads(self, node: Model) -> None:
+        """After a backward pass: make every new `.grad` torch allocated the node's gradient."""
+        for name, param in self.params.items():
+            grad = param.grad
+            if grad is not None and grad is not self.grad_tensors.get(name):
+                node.set_grad(name, to_array(grad))
+                self.grad_tensors[name] = grad
+
+    @contextlib.contextmanager
+    def training_flags(self, training: bool) -> Iterator[None]:
+        """Set every submodule's `training` flag for one call, and put the old flags back.
+
+        Writes the flag straight into each submodule's `__dict__`: `nn.Module.train()` goes
+        through `__setattr__` and costs microseconds per submodule (SPEC, P2).
+        """
+        holders = self._flag_holders
+        before = [holder["training"] for holder in holders]
+        if all(flag == training for flag in before):
+            yield
+            return
+        for holder in holders:
+            holder["training"] = training
+        try:
+            yield
+        finally:
+            for holder, flag in zip(holders, before):
+                holder["training"] = flag
+
+    # -- hooks Thinc calls on every shim ---------------------------------------------------
+
+    def finish_update(self, optimizer: Optimizer) -> None:
+        # Thinc calls this before it runs the optimizer over the node's params, and Thinc's
+        # Optimizer zeroes each gradient it applies: the next backward may start from None.
+        self.grads_cleared = isinstance(optimizer, Optimizer)
+        node = self.node()
+        if node is not None and self.cfg["mixed_precision"]:
+            from ._precision import unscale_or_skip
+
+            unscale_or_skip(self, node)
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict[Tuple[int, str], Any]) -> Iterator[None]:
+        # Model.use_params has already swapped the node's arrays; point torch at them, and
+        # put the live arrays back however the block ends (Thinc restores nothing on raise).
+        node = self.node()
+        if node is None:
+            yield
+            return
+        live = dict(self.param_arrays)
+        self.sync(node)
+        try:
+            yield
+        finally:
+            for name, array in live.items():
+                if node.get_param(name) is not array:
+                    node.set_param(name, array)
+            self.sync(node)
+
+    def to_device(self, device_type: str, device_id: int) -> None:
+        node = self.node()
+        if self._model is None:
+            return
+        device = "cpu" if device_type == "cpu" else f"cuda:{device_id}"
+        self._model.to(device)
+        self.param_arrays.clear()  # Thinc moved the arrays first: re-point at the moved ones
+        self.grad_tensors.clear()
+        if node is not None:
+            self.sync(node)
+
+    def to_bytes(self) -> bytes:
+        node = self.node()
+        header = {
+            "format": FORMAT,
+            "params": {name: list(param.shape) for name, param in self.params.items()},
+            "dims": {name: node.maybe_get_dim(name) for name in node.dim_names} if node else {},
+        }
+        buffers = {name: t.detach().cpu().contiguous() for name, t in self._buffers().items()}
+        return safetensors.torch.save(buffers, metadata={"torchlayers": json.dumps(header)})
+
+    def from_bytes(self, data: bytes) -> "TorchShim":
+        node = self.node()
+        header, buffers = read_state(node, data)
+        if node is None:
+            raise ValueError("with_torch: cannot load into a layer that was never attached")
+        try:
+            if self._model is None:
+                self.attach(node, build_module(node, self.factory))
+            check_state(node, self, header, buffers)
+        except ValueError:
+            self._revert(node)
+            raise
+        own = self._buffers()
+        with torch.no_grad():
+            for name, tensor in buffers.items():
+                own[name].copy_(tensor)
+        self.sync(node)
+        return self
+
+    def copy(self) -> "TorchShim":
+        # A new id and an independent module; the copy's node re-points it at its own arrays.
+        # (Thinc's PyTorchShim deep-copies itself, id included: copies share Adam moments.)
+        twin = TorchShim(copy.deepcopy(self._model), self.factory, self.cfg["mixed_precision"])
+        twin.loss_scale, twin._good_steps = self.loss_scale, self._good_steps
+        return twin
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _link_module(self, module: Optional[torch.nn.Module]) -> None:
+        self._model = module
+        self._reset_links()
+        if module is not None:
+            self.params = dict(module.named_parameters())
+            self._flag_holders = [sub.__dict__ for sub in module.modules()]
+            floats = [p.dtype for p in self.params.values() if p.is_floating_point()]
+            self.dtype = floats[0] if floats else torch.float32
+
+    def _buffers(self) -> Dict[str, torch.Tensor]:
+        """The module's persistent buffers (those `state_dict` saves), by name."""
+        if self._model is None:
+            return {}
+        state = self._model.state_dict(keep_vars=True)
+        return {name: tensor for name, tensor in state.items() if name not in self.params}
+
+    def _revert(self, node: Model) -> None:
+        """Undo what Thinc's `from_dict` wrote into the node before this hook could check it."""
+        for name in list(node.param_names):
+            if name in self.param_arrays:
+                node.set_param(name, self.param_arrays[name])
+            else:
+                node._has_params.pop(name, None)  # a foreign name Thinc added; no public API
+
+
+def read_state(node: Optional[Model], data: bytes) -> Tuple[Dict, Dict[str, torch.Tensor]]:
+    """Parse a shim's bytes (safetensors: buffers, and a header in its metadata). Never unpickles."""
+    layer = node.name if node is not None else "with_torch"
+    try:
+        buffers = safetensors.torch.load(bytes(data))
+        size = int.from_bytes(bytes(data[:8]), "little")
+        metadata = json.loads(bytes(data[8 : 8 + size]))["__metadata__"]
+        header = json.loads(metadata["torchlayers"])
+    except Exception as err:  # safetensors, json and key errors alike: the bytes are not ours
+        raise ValueError(f"{layer}: the data is not a saved with_torch layer ({err})") from err
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{layer}: unknown format {header.get('format')!r}, expected {FORMAT}")
+    return header, buffers
+
+
+def check_state(
+    node: Model, shim: TorchShim, header: Dict, buffers: Dict[str, torch.Tensor]
+) -> None:
+    """Raise ValueError if the loaded params or buffers do not fit the module."""
+    saved = set(header["params"])
+    expected = set(shim.params)
+    if saved != expected:
+        raise ValueError(
+            f"{node.name}: the data has parameters {sorted(saved)}, the module {sorted(expected)}"
+        )
+    for name, param in shim.params.items():
+        check_shape(node, name, tuple(param.shape), node.get_param(name).shape)
+    own = shim._buffers()
+    if set(buffers) != set(own):
+        raise ValueError(
+            f"{node.name}: the data has buffers {sorted(buffers)}, the module {sorted(own)}"
+        )
+    for name, tensor in buffers.items():
+        check_shape(node, name, tuple(own[name].shape), tuple(tensor.shape))
+
+
+def build_module(node: Model, factory: Optional[Factory]) -> torch.nn.Module:
+    """Call the user's factory with the node's dims."""
+    if factory is None:
+        raise ValueError(f"{node.name}: no module and no factory to build one")
+    module = factory(node.maybe_get_dim("nI"), node.maybe_get_dim("nO"))
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{node.name}: the factory returned {type(module).__name__}, not a Module")
+    return module
+
+
+def check_shape(node: Model, name: str, expected: Tuple[int, ...], got: Any) -> None:
+    if tuple(got) != tuple(expected):
+        raise ValueError(
+            f"{node.name}: parameter '{name}' has shape {tuple(expected)} in the module "
+            f"but {tuple(got)} in the data"
+        )
+
+
+def check_dtype(node: Model, name: str, param: torch.Tensor) -> None:
+    if param.dtype not in (torch.float32, torch.float64, torch.float16):
+        raise TypeError(
+            f"{node.name}: parameter '{name}' is {param.dtype}; Thinc keeps parameters as "
+            "numpy/cupy arrays, so keep the module in float32 (mixed_precision=True for speed)"
+        )
