@@ -20,19 +20,23 @@ def is_array(value: Any) -> bool:
 
 def to_tensor(array: Any) -> torch.Tensor:
     """View a numpy/cupy array as a tensor, without a copy where torch allows one."""
+    if isinstance(array, numpy.ndarray):
+        if not array.flags.writeable:
+            array = array.copy()  # torch would share memory it may not write
+        try:
+            return torch.from_numpy(array)
+        except ValueError:  # negative strides: torch has no such views
+            return torch.from_numpy(numpy.ascontiguousarray(array))
     if isinstance(array, torch.Tensor):
         return array
-    if isinstance(array, numpy.ndarray):
-        if not array.flags.writeable or any(step < 0 for step in array.strides):
-            array = numpy.ascontiguousarray(array).copy()  # torch refuses these views
-        return torch.from_numpy(array)
     return torch.from_dlpack(array)
 
 
 def to_array(tensor: torch.Tensor) -> Any:
     """View a tensor as a numpy array (CPU) or a cupy array (CUDA), without a copy."""
-    tensor = tensor.detach()
-    if tensor.device.type == "cpu":
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if not tensor.is_cuda:
         return tensor.numpy()
     import cupy
 

@@ -5,11 +5,12 @@ three jobs are done by hand: scale dY, unscale the gradients before the step, sk
 when they are not finite, grow the scale after a run of good steps.
 """
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
 from thinc.api import Model
+
+from ._convert import map_arrays
 
 if TYPE_CHECKING:
     from ._shim import TorchShim
@@ -28,10 +29,11 @@ def use_scaling(shim: "TorchShim") -> bool:
     )
 
 
-def autocast(shim: "TorchShim") -> Any:
-    if use_scaling(shim):
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+def run_autocast(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+    """Call the module under float16 autocast; hand Thinc float32 outputs."""
+    with torch.autocast("cuda", dtype=torch.float16):
+        outputs = module(*args, **kwargs)
+    return map_arrays(lambda y: y.float() if y.dtype == torch.float16 else y, outputs)
 
 
 def unscale_or_skip(shim: "TorchShim", node: Model) -> None:

@@ -1,14 +1,15 @@
 """with_torch: a PyTorch module as a Thinc layer whose parameters Thinc owns."""
 
-import contextlib
+from functools import partial
 from typing import Any, Callable, List, Optional, Tuple, TypeVar, Union, cast
 
 import torch
 from thinc.api import ArgsKwargs, Model, registry
+from torch.nn.modules.dropout import _DropoutNd
 
 from ._checks import check_rate
 from ._convert import describe, is_array, map_arrays, pair_leaves, to_array, to_tensor
-from ._precision import autocast, use_scaling
+from ._precision import run_autocast
 from ._shim import Factory, TorchShim, build_module
 
 InT = TypeVar("InT")
@@ -71,24 +72,15 @@ def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Call
     if module is None:
         raise ValueError(f"{model.name}: call initialize() first: the factory has not been built")
     shim.sync(model)
-    inputs: List[Optional[torch.Tensor]] = []  # the float leaves that get a gradient, in order
-
-    def to_input(x: Any) -> torch.Tensor:
-        tensor = to_tensor(x)
-        if not tensor.is_floating_point():
-            inputs.append(None)
-            return tensor
-        if tensor.dtype != shim.dtype:
-            tensor = tensor.to(shim.dtype)  # float64 in, float32 module: one copy, grads cast back
-        inputs.append(tensor.requires_grad_() if is_train else tensor)
-        return tensor
-
-    check_input(model, X)
-    Xt = map_arrays(to_input, X)
+    leaves: List[Optional[torch.Tensor]] = []  # per input leaf: the tensor that gets a gradient
+    if is_array(X):
+        Xt = input_tensor(shim.dtype, is_train, leaves, X)
+    else:
+        Xt = map_arrays(partial(input_tensor, shim.dtype, is_train, leaves), X)
     if not is_train:
         with torch.inference_mode():
             Yt = call_module(model, shim, module, Xt, X, training=False)
-        return map_arrays(to_array, Yt), no_backprop(model)
+        return to_arrays(Yt), no_backprop(model)
     Yt = call_module(model, shim, module, Xt, X, training=True)
     done = False
 
@@ -101,10 +93,10 @@ def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Call
             )
         done = True
         backward(model, shim, Yt, dY)
-        grads = iter(inputs)
+        grads = iter(leaves)
         return cast(InT, map_arrays(lambda x: input_grad(x, next(grads)), X))
 
-    return map_arrays(to_array, Yt), backprop
+    return to_arrays(Yt), backprop
 
 
 def init(model: Model[InT, OutT], X: Optional[InT] = None, Y: Optional[OutT] = None) -> None:
@@ -125,18 +117,21 @@ def call_module(
 ) -> Any:
     """Run the module with its flags set for training or prediction; reword input errors."""
     args, kwargs = (Xt.args, Xt.kwargs) if isinstance(Xt, ArgsKwargs) else ((Xt,), {})
-    with shim.training_flags(training), dropout_rate(model, module, training), autocast(shim):
-        try:
-            Yt = module(*args, **kwargs)
-        except torch.OutOfMemoryError:
-            raise
-        except (RuntimeError, TypeError, IndexError) as err:
-            raise ValueError(
-                f"{model.name}: the module rejected input {describe(X)}"
-                f"{expected_input(model)}: {err}"
-            ) from err
-    if shim.cfg["mixed_precision"]:
-        Yt = map_arrays(lambda y: y.float() if y.dtype == torch.float16 else y, Yt)
+    flags = shim.set_training(training)
+    rates = set_torch_dropout(model, module) if training and "dropout_rate" in model.attrs else None
+    try:
+        Yt = module(*args, **kwargs) if not shim.autocast else run_autocast(module, args, kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, TypeError, IndexError) as err:
+        check_input(model, X)  # the clearer message, where the dims tell what was expected
+        raise ValueError(
+            f"{model.name}: the module rejected input {describe(X)}{expected_input(model)}: {err}"
+        ) from err
+    finally:
+        shim.restore_training(flags)
+        if rates is not None:
+            restore_torch_dropout(module, rates)
     return Yt
 
 
@@ -152,11 +147,29 @@ def backward(model: Model, shim: TorchShim, Yt: Any, dY: Any) -> None:
             )
         grad = to_tensor(dy).to(y.dtype)
         outputs.append(y)
-        grads.append(grad * shim.loss_scale if use_scaling(shim) else grad)
+        grads.append(grad * shim.loss_scale if shim.autocast else grad)
     shim.prepare_grads(model)
     if outputs:
         torch.autograd.backward(outputs, grads)
     shim.collect_grads(model)
+
+
+def to_arrays(Yt: Any) -> Any:
+    return to_array(Yt) if isinstance(Yt, torch.Tensor) else map_arrays(to_array, Yt)
+
+
+def input_tensor(
+    dtype: torch.dtype, is_train: bool, leaves: List[Optional[torch.Tensor]], x: Any
+) -> torch.Tensor:
+    """One input leaf as a tensor: shared memory; floats in the module's dtype, with a grad."""
+    tensor = to_tensor(x)
+    if not tensor.is_floating_point():
+        leaves.append(None)  # token ids and masks: no gradient
+        return tensor
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)  # float64 into a float32 module: one copy, dX cast back
+    leaves.append(tensor.requires_grad_() if is_train else None)
+    return tensor
 
 
 def input_grad(x: Any, tensor: Optional[torch.Tensor]) -> Any:
@@ -201,22 +214,23 @@ def set_dims_from_module(model: Model, module: torch.nn.Module) -> None:
             model.set_dim(name, value)
 
 
-@contextlib.contextmanager
-def dropout_rate(model: Model, module: torch.nn.Module, training: bool) -> Any:
-    """D6: give the module's own Dropout submodules the caller's rate, for one call."""
-    rate = model.attrs.get("dropout_rate")
-    if not training or rate is None:
-        yield
-        return
+def set_torch_dropout(model: Model, module: torch.nn.Module) -> Optional[List[float]]:
+    """D6: give the module's own Dropout submodules the caller's rate; return their own rates."""
+    rate = model.attrs["dropout_rate"]
+    if rate is None:
+        return None
     check_rate(model.name, rate)
-    dropouts = [m for m in module.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    dropouts = torch_dropouts(module)
     before = [m.p for m in dropouts]
     for m in dropouts:
         m.p = float(rate)
-    try:
-        yield
-    finally:
-        for m, p in zip(dropouts, before):
-            m.p = p
+    return before
 
 
+def restore_torch_dropout(module: torch.nn.Module, rates: List[float]) -> None:
+    for m, p in zip(torch_dropouts(module), rates):
+        m.p = p
+
+
+def torch_dropouts(module: torch.nn.Module) -> List[_DropoutNd]:
+    return [m for m in module.modules() if isinstance(m, _DropoutNd)]
