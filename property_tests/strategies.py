@@ -1,0 +1,137 @@
+"""Hypothesis strategies shared by the property tests: small sizes, related values drawn together."""
+
+import copy
+from typing import List, Optional, Tuple
+
+import numpy
+import torch
+from hypothesis import strategies as st
+from thinc.api import Linear, Model, chain
+
+from torchlayers.averaged import averaged
+from torchlayers.resizable import resizable
+from torchlayers.with_torch import with_torch
+
+SIZES = st.integers(1, 8)
+ACTIVATIONS = [torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.Identity]
+
+
+@st.composite
+def mlp_stacks(draw: st.DrawFn, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A Sequential of 1-3 Linear layers (sizes 1-8) with activations between them."""
+    widths: List[int] = draw(st.lists(SIZES, min_size=2, max_size=4))
+    seed = draw(st.integers(0, 2**16))
+    torch.manual_seed(seed)
+    layers: List[torch.nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out, bias=draw(st.booleans())))
+        if i < len(widths) - 2:
+            layers.append(draw(st.sampled_from(ACTIVATIONS))())
+    return torch.nn.Sequential(*layers).to(dtype)
+
+
+@st.composite
+def module_and_input(
+    draw: st.DrawFn, dtype: torch.dtype = torch.float32
+) -> Tuple[torch.nn.Module, numpy.ndarray]:
+    """An MLP stack and a batch (1-8 rows) of unit-scale inputs for it."""
+    module = draw(mlp_stacks(dtype))
+    n_in = next(m for m in module.modules() if isinstance(m, torch.nn.Linear)).in_features
+    batch = draw(SIZES)
+    seed = draw(st.integers(0, 2**16))
+    rng = numpy.random.default_rng(seed)
+    X = rng.uniform(-1, 1, size=(batch, n_in)).astype(str(dtype).replace("torch.", ""))
+    return module, X
+
+
+# with_dropout
+
+RATES = st.floats(0, 1, exclude_max=True)  # the drop rate: [0, 1)
+
+
+def nonzero(rng: numpy.random.Generator, *shape: int) -> numpy.ndarray:
+    """float32 values in ±[0.5, 2]: never zero, so a zero after dropout marks a dropped unit."""
+    magnitude = rng.uniform(0.5, 2.0, size=shape)
+    return (magnitude * rng.choice([-1.0, 1.0], size=shape)).astype("float32")
+
+
+@st.composite
+def nonzero_arrays(draw: st.DrawFn, max_dims: int = 3) -> numpy.ndarray:
+    """A float32 array of 1-`max_dims` axes (sizes 1-8) with no zero entry."""
+    shape = draw(st.lists(SIZES, min_size=1, max_size=max_dims))
+    return nonzero(numpy.random.default_rng(draw(st.integers(0, 2**16))), *shape)
+
+
+@st.composite
+def sequence_batches(draw: st.DrawFn, min_length: int = 0) -> List[numpy.ndarray]:
+    """1-8 sequences (time on axis 0, lengths `min_length`-8) of one width 1-8, no zero entry."""
+    width = draw(SIZES)
+    lengths = draw(st.lists(st.integers(min_length, 8), min_size=1, max_size=8))
+    rng = numpy.random.default_rng(draw(st.integers(0, 2**16)))
+    return [nonzero(rng, length, width) for length in lengths]
+
+
+# averaged
+
+DECAYS = st.sampled_from([0.0, 0.5, 0.9, 0.9999]) | st.floats(0, 1)  # max_decay: [0, 1]
+
+
+@st.composite
+def averaged_twins(draw: st.DrawFn) -> Tuple[Model, Model, numpy.ndarray]:
+    """Two identical, independently built averaged() models over an MLP stack (with or without a
+    Thinc Linear head), and their input."""
+    module, X = draw(module_and_input())
+    n_out = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+    head = draw(st.one_of(st.none(), SIZES))
+    max_decay = draw(DECAYS)
+    seed = draw(st.integers(0, 2**16))
+
+    def build(module: torch.nn.Module) -> Model:
+        numpy.random.seed(seed)  # Thinc initializes Linear with numpy's global generator
+        layer = with_torch(module)
+        if head is not None:
+            layer = chain(layer, Linear(head, n_out))
+        model = averaged(layer, max_decay=max_decay)
+        model.initialize(X=X)
+        return model
+
+    return build(module), build(copy.deepcopy(module)), X
+
+
+@st.composite
+def averaged_models(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray]:
+    """averaged() over an MLP stack, with or without a Thinc Linear head, and its input."""
+    model, _, X = draw(averaged_twins())
+    return model, X
+
+
+# resizable
+
+FILLS = st.sampled_from([0.0, -1e4]) | st.floats(-2, 2, width=32)
+
+
+@st.composite
+def resizable_layers(draw: st.DrawFn, fill: Optional[float] = None) -> Tuple[Model, numpy.ndarray]:
+    """A built resizable layer and a float32 batch for it: an MLP stack in with_torch, or
+    1-2 Thinc Linear layers (W/b); the bias fill drawn unless given."""
+    fill = draw(FILLS) if fill is None else fill
+    if draw(st.booleans()):
+        module, X = draw(module_and_input())
+        return resizable(with_torch(module), fill=fill), X
+    widths = draw(st.lists(SIZES, min_size=2, max_size=3))
+    numpy.random.seed(draw(st.integers(0, 2**16)))  # Thinc initializes Linear with numpy
+    layers = [Linear(n_out, n_in) for n_in, n_out in zip(widths, widths[1:])]
+    model = resizable(chain(*layers) if len(layers) > 1 else layers[0], fill=fill)
+    X = numpy.random.uniform(-1, 1, size=(draw(SIZES), widths[0])).astype("float32")
+    model.initialize(X=X)
+    return model, X
+
+
+@st.composite
+def embeddings_and_ids(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray]:
+    """A resizable with_torch(nn.Embedding) (1-8 rows of 1-8 columns) and 1-8 ids for it."""
+    rows, width = draw(SIZES), draw(SIZES)
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    ids = draw(st.lists(st.integers(0, rows - 1), min_size=1, max_size=8))
+    model = resizable(with_torch(torch.nn.Embedding(rows, width)), fill=draw(FILLS))
+    return model, numpy.asarray(ids, dtype="int64")
