@@ -7,12 +7,14 @@ import torch
 from . import bench_with_torch
 
 
-def main() -> int:
+def main(argv: list) -> int:
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread; ratios of medians")
+    if "--gpu" in argv:  # P6: the same ratios with CUDA tensors and cupy arrays
+        return 0 if bench_with_torch.main("cuda") else 1
     ok = bench_with_torch.main()
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

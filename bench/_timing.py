@@ -6,20 +6,32 @@ the same conditions, and the median over rounds drops the outliers. Only ratios 
 
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 
-def medians(cases: Dict[str, Callable[[], object]], rounds: int, number: int) -> Dict[str, float]:
-    """Median seconds per call of each case, from `rounds` interleaved blocks of `number` calls."""
+def medians(
+    cases: Dict[str, Callable[[], object]],
+    rounds: int,
+    number: int,
+    sync: Optional[Callable[[], None]] = None,
+) -> Dict[str, float]:
+    """Median seconds per call of each case, from `rounds` interleaved blocks of `number` calls.
+
+    sync: called before a block's clock starts and stops (torch.cuda.synchronize on a GPU, where
+    calls return before the work is done).
+    """
+    wait = sync or (lambda: None)
     for fn in cases.values():  # warm up: allocator, kernels, lazily built state
         for _ in range(max(3, number // 4)):
             fn()
     samples: Dict[str, list] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            wait()
             start = time.perf_counter()
             for _ in range(number):
                 fn()
+            wait()
             samples[name].append((time.perf_counter() - start) / number)
     return {name: statistics.median(times) for name, times in samples.items()}
 

@@ -1,6 +1,9 @@
-"""P1, P2: a training step and a prediction of with_torch against plain torch and PyTorchWrapper."""
+"""P1, P2 (P6 on CUDA): with_torch against plain torch and Thinc's PyTorchWrapper.
 
-from typing import Callable, Dict, Tuple
+Each case goes from the same arrays (numpy on CPU, cupy on CUDA) to the same results.
+"""
+
+from typing import Any, Callable, Dict, Tuple
 
 import numpy
 import torch
@@ -13,9 +16,10 @@ from ._timing import medians, report
 SHAPES = [(64, 300, 128, 10), (128, 768, 3072, 768)]
 
 
-def mlp(nI: int, nH: int, nO: int) -> torch.nn.Module:
+def mlp(nI: int, nH: int, nO: int, device: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(nI, nH), torch.nn.ReLU(), torch.nn.Linear(nH, nO))
+    layers = [torch.nn.Linear(nI, nH), torch.nn.ReLU(), torch.nn.Linear(nH, nO)]
+    return torch.nn.Sequential(*layers).to(device)
 
 
 def thinc_adam() -> Adam:
@@ -23,72 +27,93 @@ def thinc_adam() -> Adam:
     return Adam(1e-3, grad_clip=0.0, use_averages=False)
 
 
-def training_steps(batch: int, nI: int, nH: int, nO: int) -> Dict[str, Callable[[], object]]:
+def on_device(model: Any, device: str) -> Any:
+    if device == "cuda":
+        model.to_gpu(0)
+    return model
+
+
+def arrays(device: str, *shapes: Tuple[int, int]) -> list:
+    rng = numpy.random.default_rng(0)
+    made = [rng.standard_normal(shape, dtype=numpy.float32) for shape in shapes]
+    if device == "cuda":
+        import cupy
+
+        made = [cupy.asarray(array) for array in made]
+    return made
+
+
+def as_tensor(array: Any) -> torch.Tensor:
+    return torch.from_numpy(array) if isinstance(array, numpy.ndarray) else torch.from_dlpack(array)
+
+
+def as_array(tensor: torch.Tensor) -> Any:
+    if tensor.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(tensor.detach())
+    return tensor.detach().numpy()
+
+
+def training_steps(shape: Tuple[int, int, int, int], device: str) -> Dict[str, Callable]:
     """One training step each: forward, backward from a fixed dY, an Adam update.
 
     A Thinc layer's backprop returns dX, so "torch" computes the input gradient too (as a torch
     layer in the middle of a network does); "torch, no dX" skips it, printed for information.
     """
-    rng = numpy.random.default_rng(0)
-    X = rng.standard_normal((batch, nI), dtype=numpy.float32)
-    dY = rng.standard_normal((batch, nO), dtype=numpy.float32)
-    plain = mlp(nI, nH, nO)
+    batch, nI, nH, nO = shape
+    X, dY = arrays(device, (batch, nI), (batch, nO))
+    plain = mlp(nI, nH, nO, device)
     torch_adam = torch.optim.Adam(plain.parameters(), lr=1e-3)
 
     def torch_step(needs_dX: bool) -> object:
-        X_leaf = torch.from_numpy(X).requires_grad_(needs_dX)
-        plain(X_leaf).backward(torch.from_numpy(dY))
+        X_leaf = as_tensor(X).requires_grad_(needs_dX)
+        plain(X_leaf).backward(as_tensor(dY))
         torch_adam.step()
         torch_adam.zero_grad(set_to_none=True)
-        return X_leaf.grad.numpy() if needs_dX else None
+        return as_array(X_leaf.grad) if needs_dX else None
 
-    ours = with_torch(mlp(nI, nH, nO))
-    ours_adam = thinc_adam()
+    def thinc_step(model: Any, optimizer: Adam) -> Callable[[], object]:
+        def step() -> object:
+            _, backprop = model(X, is_train=True)
+            dX = backprop(dY)
+            model.finish_update(optimizer)
+            return dX
 
-    def ours_step() -> object:
-        _, backprop = ours(X, is_train=True)
-        dX = backprop(dY)
-        ours.finish_update(ours_adam)
-        return dX
+        return step
 
-    wrapper = PyTorchWrapper(mlp(nI, nH, nO))
-    wrapper_adam = thinc_adam()
-
-    def wrapper_step() -> object:
-        _, backprop = wrapper(X, is_train=True)
-        dX = backprop(dY)
-        wrapper.finish_update(wrapper_adam)
-        return dX
-
+    ours = on_device(with_torch(mlp(nI, nH, nO, "cpu")), device)
+    wrapper = on_device(PyTorchWrapper(mlp(nI, nH, nO, device)), device)
     return {
         "torch": lambda: torch_step(True),
         "torch, no dX": lambda: torch_step(False),
-        "with_torch": ours_step,
-        "PyTorchWrapper": wrapper_step,
+        "with_torch": thinc_step(ours, thinc_adam()),
+        "PyTorchWrapper": thinc_step(wrapper, thinc_adam()),
     }
 
 
-def predictions(batch: int, nI: int, nH: int, nO: int) -> Dict[str, Callable[[], object]]:
-    """One prediction each, from the same numpy batch to a numpy result.
+def predictions(shape: Tuple[int, int, int, int], device: str) -> Dict[str, Callable]:
+    """One prediction each, from the same array to an array.
 
-    "torch" is the module in eval mode under `inference_mode`, with `torch.from_numpy` in and
-    `.numpy()` out (what a caller holding Thinc's arrays must do); "torch, tensors" skips both
+    "torch" is the module in eval mode under `inference_mode`, converting the array in and the
+    result out (what a caller holding Thinc's arrays must do); "torch, tensors" skips both
     conversions and is printed beside, for information.
     """
-    X = numpy.random.default_rng(0).standard_normal((batch, nI), dtype=numpy.float32)
-    X_t = torch.from_numpy(X)
-    plain = mlp(nI, nH, nO).eval()
+    batch, nI, nH, nO = shape
+    (X,) = arrays(device, (batch, nI))
+    X_t = as_tensor(X)
+    plain = mlp(nI, nH, nO, device).eval()
 
     def torch_predict() -> object:
         with torch.inference_mode():
-            return plain(torch.from_numpy(X)).numpy()
+            return as_array(plain(as_tensor(X)))
 
     def torch_tensors() -> object:
         with torch.inference_mode():
             return plain(X_t)
 
-    ours = with_torch(mlp(nI, nH, nO))
-    wrapper = PyTorchWrapper(mlp(nI, nH, nO))
+    ours = on_device(with_torch(mlp(nI, nH, nO, "cpu")), device)
+    wrapper = on_device(PyTorchWrapper(mlp(nI, nH, nO, device)), device)
     return {
         "torch": torch_predict,
         "torch, tensors": torch_tensors,
@@ -97,20 +122,24 @@ def predictions(batch: int, nI: int, nH: int, nO: int) -> Dict[str, Callable[[],
     }
 
 
-def scale(shape: Tuple[int, int, int, int]) -> Tuple[int, int]:
-    """(rounds, calls per round): fewer calls for the big shape, about a second per case."""
+def scale(shape: Tuple[int, int, int, int], device: str) -> Tuple[int, int]:
+    """(rounds, calls per round): about a second per case."""
+    if device == "cuda":
+        return (15, 50)
     return (15, 40) if shape[2] < 1000 else (9, 3)
 
 
-def main() -> bool:
+def main(device: str = "cpu") -> bool:
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    tag = "P6 " if device == "cuda" else ""
     ok = True
     for shape in SHAPES:
-        label = "batch {}, {}->{}->{}".format(*shape)
-        rounds, number = scale(shape)
-        step = medians(training_steps(*shape), rounds, number)
-        ok &= report(f"P1 step vs torch ({label})", step["with_torch"] / step["torch"], 1.00)
+        label = "batch {}, {}->{}->{}".format(*shape) + (", CUDA" if device == "cuda" else "")
+        rounds, number = scale(shape, device)
+        step = medians(training_steps(shape, device), rounds, number, sync)
+        ok &= report(f"{tag}P1 step vs torch ({label})", step["with_torch"] / step["torch"], 1.00)
         ok &= report(
-            f"P1 step vs PyTorchWrapper ({label})",
+            f"{tag}P1 step vs PyTorchWrapper ({label})",
             step["with_torch"] / step["PyTorchWrapper"],
             1.00,
         )
@@ -118,8 +147,9 @@ def main() -> bool:
             f"   (vs torch without dX: {step['with_torch'] / step['torch, no dX']:.2f}x; "
             f"PyTorchWrapper vs torch: {step['PyTorchWrapper'] / step['torch']:.2f}x)"
         )
-        pred = medians(predictions(*shape), rounds, number * 4)
-        ok &= report(f"P2 predict vs torch ({label})", pred["with_torch"] / pred["torch"], 1.05)
+        pred = medians(predictions(shape, device), rounds, number * 4, sync)
+        ratio = pred["with_torch"] / pred["torch"]
+        ok &= report(f"{tag}P2 predict vs torch ({label})", ratio, 1.05)
         print(
             f"   (vs torch on tensors: {pred['with_torch'] / pred['torch, tensors']:.2f}x; "
             f"PyTorchWrapper vs torch: {pred['PyTorchWrapper'] / pred['torch']:.2f}x)"

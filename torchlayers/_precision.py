@@ -5,7 +5,7 @@ three jobs are done by hand: scale dY, unscale the gradients before the step, sk
 when they are not finite, grow the scale after a run of good steps.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, List
 
 import torch
 from thinc.api import Model
@@ -36,17 +36,29 @@ def run_autocast(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
     return map_arrays(lambda y: y.float() if y.dtype == torch.float16 else y, outputs)
 
 
-def unscale_or_skip(shim: "TorchShim", node: Model) -> None:
-    """Divide the gradients by the loss scale; if any is inf/nan, drop them all (no update)."""
-    if not use_scaling(shim):
+def scaled_backward(
+    shim: "TorchShim", outputs: List[torch.Tensor], grads: List[torch.Tensor], inputs: List[Any]
+) -> None:
+    """Backward from dY * scale, then unscale this pass's gradients (params and inputs) in place
+    and note whether any was inf/nan. Thinc only ever sees unscaled float32 gradients."""
+    torch.autograd.backward(outputs, [grad * shim.loss_scale for grad in grads])
+    params = [p.grad for p in shim.params.values() if p.grad is not None]
+    leaves = [x.grad for x in inputs if x is not None and x.grad is not None]
+    tensors = params + leaves
+    if not tensors:
         return
-    grads = [p.grad for p in shim.params.values() if p.grad is not None]
-    if not grads:
-        return
-    found_inf = torch.zeros(1, device=grads[0].device)
-    inv_scale = torch.full((1,), 1.0 / shim.loss_scale, device=grads[0].device)
-    torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+    found_inf = torch.zeros(1, device=tensors[0].device)
+    inv_scale = torch.full((1,), 1.0 / shim.loss_scale, device=tensors[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, inv_scale)
     if found_inf.item():
+        shim.overflowed = True
+
+
+def update_loss_scale(shim: "TorchShim", node: Model) -> None:
+    """At finish_update: skip the update if a gradient overflowed (and halve the scale), else
+    count a good step (and double the scale after GROWTH_INTERVAL of them)."""
+    if shim.overflowed:
+        shim.overflowed = False
         shim.loss_scale *= BACKOFF_FACTOR
         shim._good_steps = 0
         for name, param in shim.params.items():
@@ -54,7 +66,7 @@ def unscale_or_skip(shim: "TorchShim", node: Model) -> None:
             # ParamServer has no public way to drop a gradient, and a zero gradient would
             # still move Adam's moments: without it, Model.finish_update skips this param.
             node._params._grads.pop((node.id, name), None)
-        shim.grad_tensors.clear()
+        shim.grad_links.clear()
         return
     shim._good_steps += 1
     if shim._good_steps >= GROWTH_INTERVAL:

@@ -45,7 +45,10 @@ class TorchShim(Shim):
         # name -> Parameter, and the Thinc arrays each Parameter / .grad currently views.
         self.params: Dict[str, torch.nn.Parameter] = {}
         self.param_arrays: Dict[str, Any] = {}
-        self.grad_tensors: Dict[str, Optional[torch.Tensor]] = {}
+        self.grad_links: Dict[
+            str, Tuple[Any, torch.Tensor]
+        ] = {}  # Thinc grad, the .grad viewing it
+        self.overflowed = False  # mixed precision: a gradient since the last update was inf/nan
         self.grads_cleared = False  # an optimizer zeroed every grad since the last backward
         self._flag_holders: List[Dict[str, Any]] = []
 
@@ -94,29 +97,43 @@ class TorchShim(Shim):
             param.data = to_tensor(array)
             self.param_arrays[name] = array
 
-    def prepare_grads(self, node: Model) -> None:
+    def prepare_grads(self, node: Model, separate: bool = False) -> Dict[str, Any]:
         """Before a backward pass: each `.grad` views the node's Thinc gradient, so torch adds
         into it in place. After an optimizer step the grads are all zero: start from None, as
-        `zero_grad(set_to_none=True)` does, and adopt what torch allocates."""
+        `zero_grad(set_to_none=True)` does, and adopt what torch allocates.
+
+        separate: start every `.grad` from None and return the gradients to add back after
+        (loss scaling must unscale this pass's gradients alone).
+        """
+        kept: Dict[str, Any] = {}
         for name, param in self.params.items():
             if self.grads_cleared or not node.has_grad(name):
                 param.grad = None
+            elif separate:
+                kept[name] = node.get_grad(name)
+                param.grad = None
             else:
                 grad = node.get_grad(name)
-                tensor = self.grad_tensors.get(name)
-                if tensor is None or param.grad is not tensor:
+                linked = self.grad_links.get(name)
+                if linked is None or linked[0] is not grad or param.grad is not linked[1]:
                     tensor = to_tensor(grad)
                     param.grad = tensor
-                    self.grad_tensors[name] = tensor
+                    self.grad_links[name] = (grad, tensor)
         self.grads_cleared = False
+        return kept
 
-    def collect_grads(self, node: Model) -> None:
+    def collect_grads(self, node: Model, kept: Dict[str, Any]) -> None:
         """After a backward pass: make every new `.grad` torch allocated the node's gradient."""
+        links = self.grad_links
         for name, param in self.params.items():
             grad = param.grad
-            if grad is not None and grad is not self.grad_tensors.get(name):
-                node.set_grad(name, to_array(grad))
-                self.grad_tensors[name] = grad
+            if grad is None or (name in links and grad is links[name][1]):
+                continue
+            array = to_array(grad)
+            if name in kept:
+                array += kept[name]
+            node.set_grad(name, array)
+            links[name] = (array, grad)
 
     def set_training(self, training: bool) -> Optional[List[bool]]:
         """Set every submodule's `training` flag; return the old flags, or None if none changed.
@@ -144,10 +161,10 @@ class TorchShim(Shim):
         # Optimizer zeroes each gradient it applies: the next backward may start from None.
         self.grads_cleared = isinstance(optimizer, Optimizer)
         node = self.node()
-        if node is not None and self.cfg["mixed_precision"]:
-            from ._precision import unscale_or_skip
+        if node is not None and self.autocast:
+            from ._precision import update_loss_scale
 
-            unscale_or_skip(self, node)
+            update_loss_scale(self, node)
 
     @contextlib.contextmanager
     def use_params(self, params: Dict[Tuple[int, str], Any]) -> Iterator[None]:
@@ -175,7 +192,7 @@ class TorchShim(Shim):
         self._model.to(device)
         self._update_autocast()
         self.param_arrays.clear()  # Thinc moved the arrays first: re-point at the moved ones
-        self.grad_tensors.clear()
+        self.grad_links.clear()
         if node is not None:
             self.sync(node)
 

@@ -9,7 +9,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from ._checks import check_rate
 from ._convert import describe, is_array, map_arrays, pair_leaves, to_array, to_tensor
-from ._precision import run_autocast
+from ._precision import run_autocast, scaled_backward
 from ._shim import Factory, TorchShim, build_module
 
 InT = TypeVar("InT")
@@ -92,7 +92,7 @@ def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Call
                 "the graph after one backward, so run the forward pass again"
             )
         done = True
-        backward(model, shim, Yt, dY)
+        backward(model, shim, Yt, dY, leaves)
         grads = iter(leaves)
         return cast(InT, map_arrays(lambda x: input_grad(x, next(grads)), X))
 
@@ -135,7 +135,9 @@ def call_module(
     return Yt
 
 
-def backward(model: Model, shim: TorchShim, Yt: Any, dY: Any) -> None:
+def backward(
+    model: Model, shim: TorchShim, Yt: Any, dY: Any, inputs: List[Optional[torch.Tensor]]
+) -> None:
     """Run torch's backward from `dY`, accumulating into the node's Thinc gradients."""
     outputs, grads = [], []
     for y, dy in pair_leaves(Yt, dY):
@@ -145,13 +147,14 @@ def backward(model: Model, shim: TorchShim, Yt: Any, dY: Any) -> None:
             raise ValueError(
                 f"{model.name}: expected a gradient of shape {tuple(y.shape)}, got {dy.shape}"
             )
-        grad = to_tensor(dy).to(y.dtype)
         outputs.append(y)
-        grads.append(grad * shim.loss_scale if shim.autocast else grad)
-    shim.prepare_grads(model)
-    if outputs:
+        grads.append(to_tensor(dy).to(y.dtype))
+    kept = shim.prepare_grads(model, separate=shim.autocast)
+    if outputs and shim.autocast:
+        scaled_backward(shim, outputs, grads, inputs)
+    elif outputs:
         torch.autograd.backward(outputs, grads)
-    shim.collect_grads(model)
+    shim.collect_grads(model, kept)
 
 
 def to_arrays(Yt: Any) -> Any:
