@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from . import bench_with_torch
+from . import bench_averaged, bench_resizable, bench_with_dropout, bench_with_torch
 
 
 def main(argv: list) -> int:
@@ -13,6 +13,9 @@ def main(argv: list) -> int:
     if "--gpu" in argv:  # P6: the same ratios with CUDA tensors and cupy arrays
         return 0 if bench_with_torch.main("cuda") else 1
     ok = bench_with_torch.main()
+    ok &= bench_with_dropout.main()
+    ok &= bench_resizable.main()
+    ok &= bench_averaged.main()
     return 0 if ok else 1
 
 

@@ -1,4 +1,4 @@
-"""Hypothesis strategies shared by the property tests: small sizes, related values drawn together."""
+"""Hypothesis strategies shared by the property tests: small sizes, related values together."""
 
 import copy
 from typing import List, Optional, Tuple

@@ -1,7 +1,24 @@
-"""torchlayers: PyTorch modules as first-class Thinc layers."""
+"""torchlayers: PyTorch modules as first-class Thinc layers.
 
+Four combinators, each returning an ordinary `thinc.api.Model`: `with_torch`, `with_dropout`,
+`resizable` and `averaged`; with `resize_output`, `resize_input` and `use_averages` to act on
+them inside a composed model.
+"""
+
+from .averaged import averaged, use_averages
+from .resizable import resizable, resize_input, resize_output
+from .with_dropout import with_dropout
 from .with_torch import with_torch
 
 __version__ = "0.1.0"
 
-__all__ = ["with_torch", "__version__"]
+__all__ = [
+    "with_torch",
+    "with_dropout",
+    "resizable",
+    "averaged",
+    "resize_output",
+    "resize_input",
+    "use_averages",
+    "__version__",
+]

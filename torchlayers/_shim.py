@@ -276,9 +276,9 @@ def param_store(node: Model) -> Tuple[Optional[Dict[Tuple[int, str], Any]], int]
     return (None if server.proxy is not None else server._params), node.id
 
 
-def same_memory(array: Any, linked: Optional[Any]) -> bool:
+def same_memory(array: Any, linked: Any) -> bool:
     """`array` is a full view of `linked` (Thinc's optimizers return reshaped views)."""
-    if linked is None or getattr(array, "base", None) is not linked:
+    if linked is None or array.base is not linked:
         return False
     return bool(array.shape == linked.shape and array.strides == linked.strides)
 
