@@ -98,6 +98,7 @@ def test_mixed_precision_returns_unscaled_float32_gradients():
     float32 gradients close to the float32 ones."""
     full = on_gpu(with_torch(mlp()))
     mixed = on_gpu(with_torch(mlp(), mixed_precision=True))
+    mixed.shims[0].loss_scale = 2.0**8  # no overflow at this size: compare the values
     X, dY = cupy.asarray(batch(16)), cupy.asarray(batch(16, NO, seed=3))
     results = []
     for model in (full, mixed):
@@ -116,10 +117,10 @@ def test_mixed_precision_skips_an_update_that_overflowed():
     """W8: an update whose gradients overflowed is skipped and the loss scale backs off."""
     model = on_gpu(with_torch(mlp(), mixed_precision=True))
     shim = model.shims[0]
+    shim.loss_scale = scale = 2.0**8
     optimizer = Adam(0.01)
     X = cupy.asarray(batch())
     before = {name: model.get_param(name).copy() for name in model.param_names}
-    scale = shim.loss_scale
     _, backprop = model(X, is_train=True)
     backprop(cupy.full((4, NO), 1e30, dtype="float32"))  # times the scale: inf in float32
     model.finish_update(optimizer)

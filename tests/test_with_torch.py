@@ -501,6 +501,14 @@ def test_copy_is_independent_optimizer_state_included():
     assert_array_equal(optimizer.mom1[(model.id, "0.weight")], moments)
 
 
+def test_a_copy_loads_before_it_ever_ran():
+    """W6, W9: from_bytes into a fresh copy (its shim has not met its node yet) loads it."""
+    source = with_torch(mlp(seed=1))
+    twin = with_torch(mlp()).copy()
+    twin.from_bytes(source.to_bytes())
+    assert_array_equal(twin.predict(batch()), source.predict(batch()))
+
+
 # -- W10: bad input -----------------------------------------------------------------------
 
 

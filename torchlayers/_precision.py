@@ -22,11 +22,7 @@ BACKOFF_FACTOR = 0.5
 
 def use_scaling(shim: "TorchShim") -> bool:
     """Mixed precision is on, the module is float32 and lives on a CUDA device."""
-    return (
-        bool(shim.cfg["mixed_precision"])
-        and shim.dtype == torch.float32
-        and any(p.is_cuda for p in shim.params.values())
-    )
+    return bool(shim.cfg["mixed_precision"]) and shim.dtype == torch.float32 and shim.on_cuda
 
 
 def run_autocast(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:

@@ -1,7 +1,7 @@
 """with_torch: a PyTorch module as a Thinc layer whose parameters Thinc owns."""
 
 from functools import partial
-from typing import Any, Callable, List, Optional, Tuple, TypeVar, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
 import torch
 from thinc.api import ArgsKwargs, Model, registry
@@ -10,7 +10,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from ._checks import check_rate
 from ._convert import describe, is_array, map_arrays, pair_leaves, to_array, to_tensor
 from ._precision import run_autocast, scaled_backward
-from ._shim import Factory, TorchShim, build_module
+from ._shim import Factory, ShimLink, TorchShim, build_module
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -50,7 +50,9 @@ def with_torch(
     else:
         raise TypeError(f"with_torch: expected a torch.nn.Module or a factory, got {module!r}")
     shim = TorchShim(ready, factory, mixed_precision)
-    attrs = {"dropout_rate": None} if torch_dropout else {}
+    attrs: Dict[str, Any] = {"with_torch": ShimLink()}
+    if torch_dropout:
+        attrs["dropout_rate"] = None
     model: Model[InT, OutT] = Model(
         f"with_torch({label})",
         forward,
