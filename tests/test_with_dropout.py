@@ -451,3 +451,14 @@ def test_dims_follow_the_layer() -> None:
 def test_registered_for_configs() -> None:
     """C1: torchlayers.with_dropout.v1 resolves from the layers registry."""
     assert registry.layers.get("torchlayers.with_dropout.v1") is with_dropout
+
+
+def test_numpy_scalar_rates_are_accepted():
+    """D2, D7: a rate from numpy (a schedule's float32) is a rate; numpy's 1.0 is still refused."""
+    model = with_dropout(Linear(3, 2), numpy.float32(0.25))
+    model.attrs["dropout_rate"] = numpy.float32(0.5)
+    model.initialize(X=numpy.zeros((2, 2), dtype="float32"))
+    model(numpy.ones((2, 2), dtype="float32"), is_train=True)
+    model.attrs["dropout_rate"] = numpy.float64(1.0)
+    with pytest.raises(ValueError, match="dropout rate"):
+        model(numpy.ones((2, 2), dtype="float32"), is_train=True)
