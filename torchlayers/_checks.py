@@ -6,11 +6,11 @@ from typing import Any
 
 def check_rate(layer: str, rate: Any) -> None:
     """A dropout rate: a real number in [0, 1) (the drop rate, not the keep rate)."""
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= float(rate) < 1:
         raise ValueError(f"{layer}: dropout rate must be a number in [0, 1), got {rate!r}")
 
 
 def check_size(layer: str, what: str, size: Any) -> None:
     """A new number of units: an int of at least 1."""
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or int(size) < 1:
         raise ValueError(f"{layer}: {what} must be an int >= 1, got {size!r}")
