@@ -24,7 +24,7 @@ $(VENV)/.docs: $(VENV)/.dev
 	touch $@
 
 demo: $(VENV)/.base
-	$(PY) examples/quickstart.py
+	$(PY) examples/spacy_demo/run.py
 
 test: lint types unit properties docs-test
 

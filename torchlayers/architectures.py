@@ -1,0 +1,162 @@
+"""Architectures for spaCy components built from the four combinators (import to register).
+
+`torchlayers.TorchTextCat.v1` is a model for spaCy's `textcat` and `textcat_multilabel`:
+
+    averaged(
+        tok2vec >> list2ragged >> reduce_mean                 # spaCy featurizer, mean-pooled
+        >> with_dropout(hidden, dropout)                      # a torch MLP (default below)
+        >> resizable(with_torch(nn.Linear factory), fill)     # one output unit per label
+        >> softmax or sigmoid
+    )
+
+spaCy sets the output size from the labels at `initialize` and calls
+`model.attrs["resize_output"](model, n)` on the root at `add_label`, also after training.
+
+Importing this module without spaCy works (the functions can be called directly); the names are
+registered in `spacy.registry.architectures` only where spaCy is importable.
+"""
+
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+from thinc.api import Model, chain, list2ragged, reduce_mean, registry, sigmoid_activation
+from thinc.types import Floats2d
+
+from .averaged import averaged
+from .resizable import resizable, resize_output, set_dim
+from .with_dropout import with_dropout
+from .with_torch import with_torch
+
+# A new exclusive class starts at probability ~e^-16 of the old ones' mass: below float32
+# rounding of the old probabilities; softmax_scores passes it the gradient p - truth, so it
+# learns. (spaCy's own textcat uses -5000: probability exactly 0.)
+SOFTMAX_FILL = -16.0
+
+
+def build_torch_textcat(
+    tok2vec: Model[List[Any], List[Floats2d]],
+    exclusive_classes: bool,
+    hidden_width: int = 64,
+    dropout: float = 0.0,
+    hidden: Optional[Model[Floats2d, Floats2d]] = None,
+    max_decay: float = 0.999,
+    nO: Optional[int] = None,
+) -> Model[List[Any], Floats2d]:
+    """A text classifier for spaCy's textcat / textcat_multilabel using all four combinators.
+
+    tok2vec: a spaCy token-to-vector layer (docs -> one array per doc); its rows are averaged.
+    exclusive_classes: softmax over the labels (textcat; `softmax_scores`, trained as with
+        cross-entropy), or a sigmoid per label (textcat_multilabel). A label added after
+        training starts at probability ~0 (softmax, bias -16) or 0.5 (sigmoid, bias 0) and
+        leaves the old labels' scores unchanged.
+    hidden: the hidden layer, e.g. `with_torch` around a module from a function of yours
+        (see examples/spacy_demo). Default: `with_torch(torch_dropout=True)` around
+        Linear(nI, hidden_width) -> ReLU -> Dropout -> Linear(hidden_width, hidden_width) -> ReLU,
+        built at initialize once the input width is known.
+    dropout: the initial rate of `with_dropout` on the hidden layer's output (and of the default
+        module's own Dropout); `nlp.update(drop=...)` and `spacy train` set both.
+    max_decay: the `averaged` EMA's max decay; `torchlayers.use_averages(model)` swaps it in.
+    nO: the number of labels, if known; spaCy sets it from the labels.
+    """
+    if hidden is None:
+        hidden = with_torch(MLPFactory(hidden_width, dropout), torch_dropout=True)
+        hidden.set_dim("nO", hidden_width)  # else chain's init would give it the labels' width
+        hidden.attrs["dropout_rate"] = dropout
+    activation = softmax_scores() if exclusive_classes else sigmoid_activation()
+    output: Model[Floats2d, Floats2d] = with_torch(output_linear)
+    fill = SOFTMAX_FILL if exclusive_classes else 0.0
+    model: Model[List[Any], Floats2d] = averaged(
+        chain(
+            tok2vec,
+            list2ragged(),
+            reduce_mean(),
+            with_dropout(hidden, dropout),
+            resizable(output, fill=fill),
+            activation,
+        ),
+        max_decay=max_decay,
+    )
+    model.attrs["resize_output"] = resize_textcat_output  # what TrainablePipe.add_label calls
+    if nO is not None:
+        resize_textcat_output(model, nO)
+    return model
+
+
+@registry.layers("torchlayers.softmax_scores.v1")
+def softmax_scores() -> Model[Floats2d, Floats2d]:
+    """Softmax whose backprop takes `dY` as the gradient of the logits, as Thinc's `Softmax`.
+
+    spaCy's textcat sends `dY = scores - truths`: the logit gradient of cross-entropy. Thinc's
+    `softmax_activation` multiplies it by softmax's Jacobian instead (the gradient of the squared
+    error), which vanishes for a saturated or brand-new class: a label added after training,
+    starting at probability ~e^-16, would not learn. Use it only as the last layer, before a loss
+    of that form (spaCy's textcat; `CategoricalCrossentropy`'s `d_scores`).
+    """
+    return Model("softmax_scores", softmax_scores_forward)
+
+
+def softmax_scores_forward(
+    model: Model[Floats2d, Floats2d], X: Floats2d, is_train: bool
+) -> Tuple[Floats2d, Callable]:
+    def backprop(dY: Floats2d) -> Floats2d:
+        return dY
+
+    return model.ops.softmax(X, inplace=False), backprop
+
+
+def resize_textcat_output(model: Model, n_out: int) -> Model:
+    """Resize the textcat's output units (spaCy's `resize_output` convention); return `model`.
+
+    torchlayers' `resize_output` resizes the resizable node and the dims above it up to the
+    chain, whose last layer (the activation) has no dims; the activation keeps the width, so
+    the chain and the averaged root take the new `nO` too (`spacy`'s `_allow_extra_label` and
+    users read it there).
+    """
+    old = model.maybe_get_dim("nO")
+    resize_output(model, n_out)
+    if old is not None:  # before initialize, chain's init reads the width from the output
+        for node in (model, model.layers[0]):
+            if node.maybe_get_dim("nO") == old:
+                set_dim(node, "nO", n_out)
+    return model
+
+
+class MLPFactory:
+    """`(nI, nO) -> nn.Module`: the default hidden MLP, built at initialize with the dims."""
+
+    __name__ = "torch_mlp"  # with_torch names the node after it: with_torch(torch_mlp)
+
+    def __init__(self, width: int, dropout: float) -> None:
+        self.width = width
+        self.dropout = dropout
+
+    def __call__(self, nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
+        if nI is None:
+            raise ValueError("torch_mlp: the input width is unknown; initialize with data")
+        width = self.width if nO is None else nO
+        return torch.nn.Sequential(
+            torch.nn.Linear(nI, width),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(self.dropout),
+            torch.nn.Linear(width, width),
+            torch.nn.ReLU(),
+        )
+
+
+def output_linear(nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
+    """The output layer's factory: one unit per label, built once spaCy has set nO."""
+    if nI is None or nO is None:
+        raise ValueError(f"output_linear: need nI and nO to build, got nI={nI}, nO={nO}")
+    return torch.nn.Linear(nI, nO)
+
+
+def register_architectures() -> None:
+    """Put the architectures in spaCy's registry; without spaCy, do nothing."""
+    try:  # spaCy is an optional dependency
+        from spacy.util import registry as spacy_registry
+    except ImportError:  # pragma: no cover - the test environment has spaCy
+        return
+    spacy_registry.architectures("torchlayers.TorchTextCat.v1")(build_torch_textcat)
+
+
+register_architectures()
