@@ -399,6 +399,7 @@ def corrupt_cases():
         "pickle": pickle.dumps({"0.weight": numpy.zeros((NH, NI))}),
         "thinc-chain": chain(Linear(NH, NI), Linear(NO, NH)).initialize().to_bytes(),
         "other-with_torch": with_torch(torch.nn.Linear(NI, NO)).to_bytes(),
+        "pytorch-wrapper": PyTorchWrapper(mlp()).to_bytes(),
     }
 
 
@@ -410,6 +411,7 @@ def test_corrupt_or_foreign_bytes_raise_and_change_nothing(case):
     expected = model.predict(X)
     with pytest.raises(ValueError):
         model.from_bytes(corrupt_cases()[case])
+    assert model.name == "with_torch(Sequential)"
     assert set(model.param_names) == set(before)
     for name, value in before.items():
         assert_array_equal(model.get_param(name), value)

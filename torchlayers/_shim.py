@@ -37,6 +37,7 @@ class TorchShim(Shim):
         super().__init__(module, config={"mixed_precision": mixed_precision})
         self.factory = factory
         self._node: Optional[Model] = None  # set by the node's forward/init; a copy starts without
+        self._name: Optional[str] = None
         self.dtype = torch.float32
         self._link_module(module)
         self.loss_scale = 2.0**16
@@ -75,6 +76,8 @@ class TorchShim(Shim):
     def bind(self, node: Model) -> None:
         """Remember the node, for the hooks Thinc calls without it (use_params, from_bytes)."""
         self._node = node
+        if self._name is None:
+            self._name = node.name  # what a refused from_bytes puts back
 
     def node(self) -> Optional[Model]:
         """The node this shim belongs to, or None (a copy not yet run, a stale deepcopy)."""
@@ -212,10 +215,10 @@ class TorchShim(Shim):
 
     def from_bytes(self, data: bytes) -> "TorchShim":
         node = self.node()
-        header, buffers = read_state(node, data)
         if node is None:
             raise ValueError("with_torch: cannot load into a layer that was never attached")
         try:
+            header, buffers = read_state(node, data)
             if self._model is None:
                 self.attach(node, build_module(node, self.factory))
             check_state(node, self, header, buffers)
@@ -227,6 +230,7 @@ class TorchShim(Shim):
             for name, tensor in buffers.items():
                 own[name].copy_(tensor)
         self.sync(node)
+        self._name = node.name
         return self
 
     def copy(self) -> "TorchShim":
@@ -234,6 +238,7 @@ class TorchShim(Shim):
         # (Thinc's PyTorchShim deep-copies itself, id included: copies share Adam moments.)
         twin = TorchShim(copy.deepcopy(self._model), self.factory, self.cfg["mixed_precision"])
         twin.loss_scale, twin._good_steps = self.loss_scale, self._good_steps
+        twin._name = self._name
         return twin
 
     # -- helpers ---------------------------------------------------------------------------
@@ -264,6 +269,8 @@ class TorchShim(Shim):
 
     def _revert(self, node: Model) -> None:
         """Undo what Thinc's `from_dict` wrote into the node before this hook could check it."""
+        if self._name is not None:
+            node.name = self._name
         for name in list(node.param_names):
             if name in self.param_arrays:
                 node.set_param(name, self.param_arrays[name])
