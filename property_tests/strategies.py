@@ -135,3 +135,20 @@ def embeddings_and_ids(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray]:
     ids = draw(st.lists(st.integers(0, rows - 1), min_size=1, max_size=8))
     model = resizable(with_torch(torch.nn.Embedding(rows, width)), fill=draw(FILLS))
     return model, numpy.asarray(ids, dtype="int64")
+
+
+# averaged and resizable together
+
+
+@st.composite
+def averaged_resizable_layers(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray]:
+    """A built resizable layer (as resizable_layers) under an averaged node, or an averaged node
+    under the resizable one (both nestings resize the averages), and its input."""
+    layer, X = draw(resizable_layers())
+    max_decay = draw(DECAYS)
+    if draw(st.booleans()):
+        model = averaged(layer, max_decay=max_decay)
+    else:
+        model = resizable(averaged(layer.layers[0], max_decay=max_decay), fill=layer.attrs["fill"])
+    model.initialize(X=X)
+    return model, X

@@ -4,7 +4,8 @@ Thinc's optimizers keep state per param key `(node.id, name)`: `mom1`/`mom2` as 
 `weights.size`, `averages` in the weight's shape. A resize keeps the node (so the keys), but the
 shapes change, and the next `optimizer(key, weights, grad)` would fail on the old state. The
 `resizable` node owns this shim; Thinc calls `finish_update(optimizer)` on every shim before it
-runs the optimizer over the params, which is where pending state is moved.
+runs the optimizer over the params, which is where pending state is moved. `refit_average`
+also fits the averages of an `averaged` node to a resized param (A5).
 """
 
 from typing import Any, List, Optional, Tuple
@@ -67,9 +68,16 @@ def migrate(optimizer: Any, key: Key, old_shape: Shape, new: Any) -> None:
     averages = getattr(optimizer, "averages", None)
     average = averages.get(key) if averages is not None else None
     if average is not None:
-        live = get_array_module(new).asarray(new, dtype=average.dtype).copy()
-        moved = refit(average.ravel(), old_shape, live)
-        store(averages, key, moved, average.size, new.size)
+        store(averages, key, refit_average(average, old_shape, new), average.size, new.size)
+
+
+def refit_average(average: Any, old_shape: Shape, new: Any) -> Optional[Any]:
+    """`average` (of a param of `old_shape`) fitted to the resized param `new`: kept units keep
+    their average, new units start at their value in `new`; None if the shapes do not fit."""
+    if len(old_shape) != new.ndim:
+        return None
+    live = get_array_module(new).asarray(new, dtype=average.dtype).copy()
+    return refit(average.ravel(), old_shape, live)
 
 
 def refit(flat: Any, old_shape: Shape, out: Any) -> Optional[Any]:

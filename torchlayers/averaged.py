@@ -5,7 +5,8 @@ handle them: the average of param `name` of node `i` of `layer.walk()` is the pa
 (e.g. `"1/0.weight"`, `"2/W"`); `attrs["average_steps"]` counts the updates. Thinc has no hook
 after the optimizer, so `AverageShim.finish_update` (called before it) records which arrays the
 optimizer is about to update in place, and `settle` folds those values in at the next look:
-the next `finish_update`, `use_averages`, `to_bytes`, `copy` or `to_gpu`. See docs/averaged.md.
+the next `finish_update`, `use_averages`, `to_bytes`, `copy` or `to_gpu`. A resize of a layer
+under it refits the averages (`fit_averages`; A5). See docs/averaged.md.
 """
 
 import contextlib
@@ -17,6 +18,7 @@ from thinc.api import Model, Optimizer, registry
 from thinc.shims.shim import Shim
 
 from ._convert import to_tensor
+from ._optimizer_state import refit_average
 from ._shim import TorchShim
 
 InT = TypeVar("InT")
@@ -77,7 +79,7 @@ def use_averages(model: Model) -> Iterator[Model]:
     swaps: List[Tuple[Model, str, Any]] = []  # (node, param, live array), in the order made
     try:
         for node in model.walk():
-            if node.shims and isinstance(node.shims[0], AverageShim):
+            if is_averaged(node):
                 settle(node)
                 for target, name, average in averages(node):
                     swaps.append((target, name, target.get_param(name)))
@@ -98,19 +100,41 @@ def settle(model: Model) -> None:
 
 def averages(model: Model) -> List[Tuple[Model, str, Any]]:
     """(node, param name, average) for each parameter that averaged node `model` averages."""
-    nodes = list(model.layers[0].walk())
     found = []
+    for key, node, name in averaged_params(model):
+        average = model.get_param(key)
+        if node.get_param(name).shape != average.shape:
+            raise ValueError(
+                f"{model.name}: the average of {node.name}'s '{name}' has shape "
+                f"{average.shape}, the parameter {node.get_param(name).shape}"
+            )
+        found.append((node, name, average))
+    return found
+
+
+def fit_averages(model: Model) -> None:
+    """Fit the averages of averaged node `model` to parameters that were resized (A5): kept
+    units keep their average, new units start at their live value. `resize_output` and
+    `resize_input` call it (after `settle`: the pending step has the old shapes); so does the
+    next update, for a resize made where this node was out of sight."""
+    for key, node, name in averaged_params(model):
+        average, live = model.get_param(key), node.get_param(name)
+        if average.shape != live.shape:
+            fitted = refit_average(average, average.shape, live)
+            model.set_param(key, live.copy() if fitted is None else fitted)
+
+
+def averaged_params(model: Model) -> Iterator[Tuple[str, Model, str]]:
+    """(average key, node, param name) for each average that averaged node `model` holds."""
+    nodes = list(model.layers[0].walk())
     for key in model.param_names:
         if model.has_param(key):
             index, name = key.split("/", 1)
-            node, average = nodes[int(index)], model.get_param(key)
-            if node.get_param(name).shape != average.shape:
-                raise ValueError(
-                    f"{model.name}: the average of {node.name}'s '{name}' has shape "
-                    f"{average.shape}, the parameter {node.get_param(name).shape}"
-                )
-            found.append((node, name, average))
-    return found
+            yield key, nodes[int(index)], name
+
+
+def is_averaged(node: Model) -> bool:
+    return bool(node.shims) and isinstance(node.shims[0], AverageShim)
 
 
 def sync_torch(nodes: Iterator[Model]) -> None:
@@ -150,13 +174,14 @@ class AverageShim(Shim):
         if node is None:
             return
         self.settle()
+        fit_averages(node)
         step = node.attrs["average_steps"] + 1
         node.attrs["average_steps"] = step  # now: to_dict writes attrs before it asks the shims
         for index, sub in enumerate(node.layers[0].walk()):
             for name in sub.param_names:
                 if sub.has_grad(name) and sub.has_param(name):
                     key, live = f"{index}/{name}", sub.get_param(name)
-                    first = not node.has_param(key) or node.get_param(key).shape != live.shape
+                    first = not node.has_param(key)
                     if first:
                         node.set_param(key, live.copy())  # in place from here on: see copy()
                     self.pending.append((key, live, first))

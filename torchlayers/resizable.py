@@ -17,6 +17,7 @@ from ._resize_params import (
     torch_size,
 )
 from ._shim import TorchShim
+from .averaged import fit_averages, is_averaged, settle
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -46,6 +47,7 @@ def resizable(
     convention (`TrainablePipe.add_label`). Before `initialize` a resize only sets the dim the
     layer will be built with. Resizing keeps the node and its ids: optimizer moments and
     averages of kept units carry over, new units start from zero state (see OptimizerState).
+    `averaged` nodes between `model` and the resized layer resize their averages alike (A5).
     """
     if isinstance(fill, bool) or not isinstance(fill, (int, float)):
         raise ValueError(f"resizable({layer.name}): fill must be a number, got {fill!r}")
@@ -96,13 +98,19 @@ def resize(model: Model, dim: str, size: int, fill: Optional[float]) -> Model:
     node = path[-1]
     check_size(node.name, f"new {dim}", size)
     target = find_target(node, dim)
+    path += path_within(node, target)[1:]
     old = target.maybe_get_dim(dim)
     if built(target):
+        averaging = [other for other in path if is_averaged(other)]  # above and below `node`
+        for other in averaging:
+            settle(other)  # the pending step is of the old shapes
         old, changes = resize_target(node, target, dim, size, fill)
         state = cast(OptimizerState, node.shims[0])
         for name, old_shape in changes:
             state.record((target.id, name), old_shape, target.get_param(name))
-    follow_dims(path + path_within(node, target)[1:], dim, old, size)
+        for other in averaging:
+            fit_averages(other)  # A5: kept units keep their averages, new ones start live
+    follow_dims(path, dim, old, size)
     set_dim(node, dim, size)
     return model
 
@@ -145,7 +153,8 @@ def find_target(node: Model, dim: str) -> Model:
     target = candidates[-1] if dim == "nO" else candidates[0]
     here = nodes.index(target)
     for other in nodes[here + 1 :] if dim == "nO" else nodes[:here]:
-        if other.param_names:
+        # an averaged node's params are averages of the nodes under it: resized with them
+        if other.param_names and not is_averaged(other):
             where = "after the output" if dim == "nO" else "before the input"
             raise ValueError(
                 f"{node.name}: cannot resize {target.name}: {other.name} comes {where} "
