@@ -20,6 +20,7 @@ from thinc.api import (
     softmax_activation,
 )
 
+from torchlayers.averaged import averaged
 from torchlayers.resizable import resizable, resize_input, resize_output
 from torchlayers.with_torch import with_torch
 
@@ -320,3 +321,12 @@ def test_spacy_textcat_takes_a_label_after_training(component, exclusive):
     assert numpy.abs(head.get_param("weight")[2]).sum() > 0  # the new class learns
     loaded = make_nlp(component, exclusive).from_bytes(nlp.to_bytes())
     assert loaded(text).cats == nlp(text).cats
+
+
+def test_dims_follow_past_a_dimensionless_activation():
+    """R8: nO follows the resize up through a chain ending in softmax_activation."""
+    model = averaged(chain(resizable(with_torch(torch.nn.Linear(3, 2))), softmax_activation()))
+    model.initialize(X=numpy.zeros((1, 3), dtype="float32"))
+    resize_output(model, 4)
+    assert model.predict(numpy.zeros((1, 3), dtype="float32")).shape == (1, 4)
+    assert model.get_dim("nO") == model.layers[0].get_dim("nO") == 4

@@ -23,7 +23,7 @@ from thinc.api import Model, chain, list2ragged, reduce_mean, registry, sigmoid_
 from thinc.types import Floats2d
 
 from .averaged import averaged
-from .resizable import resizable, resize_output, set_dim
+from .resizable import resizable, resize_output
 from .with_dropout import with_dropout
 from .with_torch import with_torch
 
@@ -76,9 +76,9 @@ def build_torch_textcat(
         ),
         max_decay=max_decay,
     )
-    model.attrs["resize_output"] = resize_textcat_output  # what TrainablePipe.add_label calls
+    model.attrs["resize_output"] = resize_output  # what TrainablePipe.add_label calls
     if nO is not None:
-        resize_textcat_output(model, nO)
+        resize_output(model, nO)
     return model
 
 
@@ -102,23 +102,6 @@ def softmax_scores_forward(
         return dY
 
     return model.ops.softmax(X, inplace=False), backprop
-
-
-def resize_textcat_output(model: Model, n_out: int) -> Model:
-    """Resize the textcat's output units (spaCy's `resize_output` convention); return `model`.
-
-    torchlayers' `resize_output` resizes the resizable node and the dims above it up to the
-    chain, whose last layer (the activation) has no dims; the activation keeps the width, so
-    the chain and the averaged root take the new `nO` too (`spacy`'s `_allow_extra_label` and
-    users read it there).
-    """
-    old = model.maybe_get_dim("nO")
-    resize_output(model, n_out)
-    if old is not None:  # before initialize, chain's init reads the width from the output
-        for node in (model, model.layers[0]):
-            if node.maybe_get_dim("nO") == old:
-                set_dim(node, "nO", n_out)
-    return model
 
 
 class MLPFactory:

@@ -165,11 +165,16 @@ def find_target(node: Model, dim: str) -> Model:
 
 def follow_dims(path: List[Model], dim: str, old: Optional[int], size: int) -> None:
     """Set `dim` on the target and on each ancestor whose `dim` is the target's, going up
-    while the child on the path is the ancestor's last (nO) or first (nI) layer."""
+    while no layer after the child on the path (before it, for nI) sets `dim` of its own: a
+    softmax_activation after the output layer keeps its width."""
     set_dim(path[-1], dim, size)
     for parent, child in zip(path[-2::-1], path[:0:-1]):
         value = parent.maybe_get_dim(dim)
-        if parent.layers[-1 if dim == "nO" else 0] is not child or value not in (old, None):
+        where = next(i for i, layer in enumerate(parent.layers) if layer is child)
+        others = parent.layers[where + 1 :] if dim == "nO" else parent.layers[:where]
+        if any(layer.maybe_get_dim(dim) is not None for layer in others):
+            return
+        if value not in (old, None):
             return
         if value is not None:  # an unset dim stays for the ancestor's own init to set
             set_dim(parent, dim, size)
