@@ -455,6 +455,17 @@ def test_factory_built_from_set_dim_in_a_chain():
     assert model.predict(batch()).shape == (4, 5)
 
 
+def test_dims_follow_the_module_a_factory_built():
+    """W7: a factory that builds another width than chain asked for: the dims say what it built."""
+    hidden = with_torch(lambda nI, nO: torch.nn.Linear(nI, 24))
+    output = with_torch(linear_factory)
+    output.set_dim("nO", 3)
+    model = chain(hidden, output)
+    model.initialize(X=batch(), Y=batch(4, 3))
+    assert hidden.get_dim("nO") == 24 and output.get_dim("nI") == 24
+    assert model.predict(batch()).shape == (4, 3)
+
+
 def test_from_bytes_before_initialize_builds_from_saved_dims():
     """W7: from_bytes on a never-initialized factory layer builds it from the saved dims."""
     trained = with_torch(linear_factory)

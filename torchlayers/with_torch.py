@@ -110,8 +110,8 @@ def init(model: Model[InT, OutT], X: Optional[InT] = None, Y: Optional[OutT] = N
     if is_array(Y) and model.maybe_get_dim("nO") is None:
         model.set_dim("nO", Y.shape[-1])  # type: ignore
     module = build_module(model, shim.factory)
+    set_dims_from_module(model, module, force=True)  # the module is the truth, not the request
     shim.attach(model, module)
-    set_dims_from_module(model, module)
 
 
 def call_module(
@@ -206,8 +206,12 @@ def expected_input(model: Model) -> str:
     return f" (expected (*, {nI}))" if nI is not None else ""
 
 
-def set_dims_from_module(model: Model, module: torch.nn.Module) -> None:
-    """Read nI/nO from the first and last layers that say them (Linear, Embedding)."""
+def set_dims_from_module(model: Model, module: torch.nn.Module, force: bool = False) -> None:
+    """Read nI/nO from the first and last layers that say them (Linear, Embedding).
+
+    force: overwrite dims already set (a factory may build another width than it was asked:
+    chain's init hands every unset nO the output's width).
+    """
     layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
     if not layers:
         return
@@ -215,8 +219,8 @@ def set_dims_from_module(model: Model, module: torch.nn.Module) -> None:
     nI = first.in_features if isinstance(first, torch.nn.Linear) else first.num_embeddings
     nO = last.out_features if isinstance(last, torch.nn.Linear) else last.embedding_dim
     for name, value in (("nI", nI), ("nO", nO)):
-        if model.maybe_get_dim(name) is None:
-            model.set_dim(name, value)
+        if force or model.maybe_get_dim(name) is None:
+            model.set_dim(name, value, force=True)
 
 
 def set_torch_dropout(model: Model, module: torch.nn.Module) -> Optional[List[float]]:
