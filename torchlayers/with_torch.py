@@ -69,7 +69,7 @@ def with_torch(
 
 
 def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Callable]:
-    shim = cast(TorchShim, model.shims[0])
+    shim: TorchShim = model.shims[0]  # type: ignore[assignment]
     module = shim.module
     if module is None:
         raise ValueError(f"{model.name}: call initialize() first: the factory has not been built")
@@ -82,7 +82,7 @@ def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Call
     if not is_train:
         with torch.inference_mode():
             Yt = call_module(model, shim, module, Xt, X, training=False)
-        return to_arrays(Yt), no_backprop(model)
+        return to_arrays(Yt), no_backprop
     Yt = call_module(model, shim, module, Xt, X, training=True)
     done = False
 
@@ -118,11 +118,14 @@ def call_module(
     model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any, X: Any, training: bool
 ) -> Any:
     """Run the module with its flags set for training or prediction; reword input errors."""
-    args, kwargs = (Xt.args, Xt.kwargs) if isinstance(Xt, ArgsKwargs) else ((Xt,), {})
+    args, kwargs = (Xt.args, Xt.kwargs) if isinstance(Xt, ArgsKwargs) else ((Xt,), NO_KWARGS)
     flags = shim.set_training(training)
     rates = set_torch_dropout(model, module) if training and "dropout_rate" in model.attrs else None
     try:
-        Yt = module(*args, **kwargs) if not shim.autocast else run_autocast(module, args, kwargs)
+        if shim.autocast:
+            Yt = run_autocast(module, args, kwargs)
+        else:
+            Yt = module(*args, **kwargs) if kwargs else module(*args)
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, TypeError, IndexError) as err:
@@ -168,10 +171,10 @@ def input_tensor(
 ) -> torch.Tensor:
     """One input leaf as a tensor: shared memory; floats in the module's dtype, with a grad."""
     tensor = to_tensor(x)
-    if not tensor.is_floating_point():
-        leaves.append(None)  # token ids and masks: no gradient
-        return tensor
-    if tensor.dtype != dtype:
+    if tensor.dtype is not dtype:  # torch dtypes are singletons: `is` is the cheap test
+        if not tensor.is_floating_point():
+            leaves.append(None)  # token ids and masks: no gradient
+            return tensor
         tensor = tensor.to(dtype)  # float64 into a float32 module: one copy, dX cast back
     leaves.append(tensor.requires_grad_() if is_train else None)
     return tensor
@@ -186,11 +189,11 @@ def input_grad(x: Any, tensor: Optional[torch.Tensor]) -> Any:
     return array if array.dtype == x.dtype else array.astype(x.dtype)
 
 
-def no_backprop(model: Model) -> Callable:
-    def backprop(dY: Any) -> Any:
-        raise ValueError(f"{model.name}: no backprop after a prediction (is_train=False)")
+def no_backprop(dY: Any) -> Any:
+    raise ValueError("with_torch: no backprop after a prediction (is_train=False)")
 
-    return backprop
+
+NO_KWARGS: Dict[str, Any] = {}
 
 
 def check_input(model: Model, X: Any) -> None:
