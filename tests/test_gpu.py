@@ -131,3 +131,59 @@ def test_mixed_precision_skips_an_update_that_overflowed():
     backprop(cupy.ones((4, NO), dtype="float32"))
     model.finish_update(optimizer)
     assert not cupy.array_equal(model.get_param("0.weight"), before["0.weight"])
+
+
+def test_with_dropout_masks_cupy_outputs():
+    """D1, D4, D5, W8: with_dropout makes its masks with cupy on the GPU, Ragged included."""
+    from thinc.api import Ragged, with_array
+
+    from torchlayers import with_dropout
+
+    model = on_gpu(with_dropout(with_torch(mlp()), 0.5))
+    X = cupy.asarray(batch(64))
+    Y, backprop = model(X, is_train=True)
+    full = model.layers[0].predict(X)
+    kept = Y != 0
+    assert 0.3 < float(kept.mean()) < 0.7
+    assert cupy.allclose(Y[kept], full[kept] * 2)
+    dX = backprop(cupy.ones_like(Y))
+    assert isinstance(dX, cupy.ndarray) and dX.shape == X.shape
+    wide = with_array(with_torch(torch.nn.Linear(NI, 32)))
+    ragged = on_gpu(with_dropout(wide, 0.5, mode="variational"))
+    data = cupy.asarray(batch(6))
+    lengths = cupy.asarray([2, 4], dtype="int32")
+    out, _ = ragged(Ragged(data, lengths), is_train=True)
+    zeros = out.data == 0
+    assert zeros.any() and not zeros.all()
+    assert cupy.array_equal(zeros[0], zeros[1]) and cupy.array_equal(zeros[2], zeros[5])
+
+
+def test_averaged_on_gpu_swaps_and_restores():
+    """A1, A2, W8: averages kept on the GPU are swapped in and the live weights come back."""
+    from torchlayers import averaged, use_averages
+
+    model = on_gpu(averaged(with_torch(mlp())))
+    optimizer = Adam(0.05)
+    X = cupy.asarray(batch())
+    for seed in range(3):
+        _, backprop = model(X, is_train=True)
+        backprop(cupy.asarray(batch(4, NO, seed=seed)))
+        model.finish_update(optimizer)
+    live = model.predict(X)
+    with use_averages(model):
+        assert not cupy.allclose(model.predict(X), live)
+    assert cupy.array_equal(model.predict(X), live)
+
+
+def test_resize_output_on_gpu_keeps_old_outputs():
+    """R3, W8: growing a torch output layer on the GPU keeps the old outputs."""
+    from torchlayers import resizable, resize_output
+
+    model = on_gpu(resizable(with_torch(mlp())))
+    X = cupy.asarray(batch())
+    before = model.predict(X)
+    resize_output(model, NO + 2)
+    after = model.predict(X)
+    assert after.shape == (4, NO + 2)
+    assert_allclose(cupy.asnumpy(after[:, :NO]), cupy.asnumpy(before), rtol=1e-5, atol=1e-6)
+    assert not after[:, NO:].any()
