@@ -122,6 +122,25 @@ def predictions(shape: Tuple[int, int, int, int], device: str) -> Dict[str, Call
     }
 
 
+def shares_memory(device: str) -> bool:
+    """P5: the input, the output and the weights torch sees are the arrays Thinc holds."""
+    model = on_device(with_torch(mlp(8, 16, 4, "cpu")), device)
+    seen: Dict[str, torch.Tensor] = {}
+    module = model.shims[0].module
+    module.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0], y=out))
+    (X,) = arrays(device, (4, 8))
+    Y, _ = model(X, is_train=True)
+    pointer = (lambda a: a.ctypes.data) if device == "cpu" else (lambda a: a.data.ptr)
+    checks = {
+        "input": seen["x"].data_ptr() == pointer(X),
+        "output": seen["y"].data_ptr() == pointer(Y),
+        "weights": module[0].weight.data_ptr() == pointer(model.get_param("0.weight")),
+    }
+    shared = ", ".join(f"{name} {'shared' if ok else 'COPIED'}" for name, ok in checks.items())
+    print(f"P5 no copies (contiguous float32, {device}): {shared}")
+    return all(checks.values())
+
+
 def scale(shape: Tuple[int, int, int, int], device: str) -> Tuple[int, int]:
     """(rounds, calls per round): about a second per case."""
     if device == "cuda":
@@ -132,7 +151,7 @@ def scale(shape: Tuple[int, int, int, int], device: str) -> Tuple[int, int]:
 def main(device: str = "cpu") -> bool:
     sync = torch.cuda.synchronize if device == "cuda" else None
     tag = "P6 " if device == "cuda" else ""
-    ok = True
+    ok = shares_memory(device)
     for shape in SHAPES:
         label = "batch {}, {}->{}->{}".format(*shape) + (", CUDA" if device == "cuda" else "")
         rounds, number = scale(shape, device)

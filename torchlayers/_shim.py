@@ -13,8 +13,9 @@ import copy
 import json
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from thinc.api import Model, Optimizer
 from thinc.model import deserialize_attr, serialize_attr
 from thinc.shims.shim import Shim
@@ -211,7 +212,7 @@ class TorchShim(Shim):
             "dims": {name: node.maybe_get_dim(name) for name in node.dim_names} if node else {},
         }
         buffers = {name: t.detach().cpu().contiguous() for name, t in self._buffers().items()}
-        return safetensors.torch.save(buffers, metadata={"torchlayers": json.dumps(header)})
+        return save_safetensors(buffers, metadata={"torchlayers": json.dumps(header)})
 
     def from_bytes(self, data: bytes) -> "TorchShim":
         node = self.node()
@@ -324,7 +325,7 @@ def read_state(node: Optional[Model], data: bytes) -> Tuple[Dict, Dict[str, torc
     """Parse a shim's bytes: safetensors (buffers) with a header in its metadata. No pickle."""
     layer = node.name if node is not None else "with_torch"
     try:
-        buffers = safetensors.torch.load(bytes(data))
+        buffers = load_safetensors(bytes(data))
         size = int.from_bytes(bytes(data[:8]), "little")
         metadata = json.loads(bytes(data[8 : 8 + size]))["__metadata__"]
         header = json.loads(metadata["torchlayers"])
