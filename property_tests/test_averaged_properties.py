@@ -1,6 +1,6 @@
 """averaged laws (A2, A3, A4) over generated MLP stacks, decays and numbers of updates."""
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy
 import torch
@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from thinc.api import SGD, Model, Optimizer
 
+from tests.helpers import reference_ema
 from torchlayers._shim import TorchShim
 from torchlayers.averaged import averages, settle, use_averages
 
@@ -37,19 +38,6 @@ def found_averages(model: Model) -> Dict[Tuple[int, str], numpy.ndarray]:
     settle(model)
     nodes = list(model.layers[0].walk())
     return {(nodes.index(node), name): avg for node, name, avg in averages(model)}
-
-
-def reference_ema(history: List[Dict], max_decay: float) -> Dict:
-    """SPEC A1 in float64: the first post-update values, then avg -= (1 - d_t) * (avg - w)."""
-    avg: Dict = {}
-    for t, values in enumerate(history, start=1):
-        for key, w in values.items():
-            if t == 1:
-                avg[key] = w.astype("float64")
-            else:
-                decay = min((1 + t) / (10 + t), max_decay)
-                avg[key] -= (1 - decay) * (avg[key] - w)
-    return avg
 
 
 @given(case=averaged_models(), k=STEPS, rate=RATES)

@@ -1,6 +1,6 @@
 """averaged / use_averages: examples, one per behaviour of SPEC A1-A4."""
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy
 import pytest
@@ -11,6 +11,8 @@ from thinc.api import SGD, Adam, Linear, Model, Relu, chain, fix_random_seed, re
 
 from torchlayers.averaged import averaged, averages, settle, use_averages
 from torchlayers.with_torch import with_torch
+
+from .helpers import reference_ema
 
 X = numpy.random.default_rng(0).uniform(-1, 1, (6, 3)).astype("float32")
 
@@ -46,19 +48,6 @@ def snapshot(model: Model) -> Dict[Tuple[int, str], numpy.ndarray]:
     return {
         (i, n): node.get_param(n).copy() for i, node in enumerate(nodes) for n in node.param_names
     }
-
-
-def reference_ema(history: List[Dict], max_decay: float = 0.9999) -> Dict:
-    """SPEC A1 in float64: the first post-update values, then avg -= (1 - d_t) * (avg - w)."""
-    avg: Dict = {}
-    for t, weights in enumerate(history, start=1):
-        for key, w in weights.items():
-            if t == 1:
-                avg[key] = w.astype("float64")
-            else:
-                decay = min((1 + t) / (10 + t), max_decay)
-                avg[key] -= (1 - decay) * (avg[key] - w)
-    return avg
 
 
 def averages_by_key(model: Model) -> Dict:

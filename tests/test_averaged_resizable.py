@@ -15,6 +15,8 @@ from torchlayers.averaged import averaged, averages, settle, use_averages
 from torchlayers.resizable import resizable, resize_input, resize_output
 from torchlayers.with_torch import with_torch
 
+from .helpers import bag_of_words
+
 RTOL, ATOL = 1e-5, 1e-6  # outputs: float32 rounding (SPEC, note under R5)
 X = numpy.random.default_rng(0).uniform(-1, 1, (6, 4)).astype("float32")
 FILL = -2.0
@@ -180,17 +182,6 @@ def averaged_bow_textcat(n_features: int = 32, width: int = 8) -> Model:
     model = averaged(chain(bag_of_words(n_features), encoder, head, softmax_activation()))
     model.attrs["resize_output"] = resize_output  # what TrainablePipe.add_label calls
     return model
-
-
-def bag_of_words(n_features: int) -> Model:
-    def forward(model: Model, docs: List, is_train: bool):
-        X = model.ops.alloc2f(len(docs), n_features)
-        for i, doc in enumerate(docs):
-            for token in doc:
-                X[i, token.lower % n_features] += 1
-        return X, lambda dX: []
-
-    return Model("bag_of_words", forward)
 
 
 def test_spacy_add_label_keeps_averaged_scores():

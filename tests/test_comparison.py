@@ -16,23 +16,7 @@ from thinc.api import Adam, PyTorchWrapper, set_dropout_rate
 
 from torchlayers import resizable, resize_output, with_torch
 
-NI, NH, NO = 6, 5, 3
-
-
-def mlp(nH: int = NH, seed: int = 0) -> torch.nn.Sequential:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(NI, nH), torch.nn.Tanh(), torch.nn.Linear(nH, NO))
-
-
-def batch(n: int = 4, width: int = NI, seed: int = 0, dtype: str = "float32") -> numpy.ndarray:
-    return numpy.random.default_rng(seed).uniform(-1, 1, (n, width)).astype(dtype)
-
-
-def train_step(model, X, dY, optimizer):
-    Y, backprop = model(X, is_train=True)
-    dX = backprop(dY)
-    model.finish_update(optimizer)
-    return Y, dX
+from .helpers import NI, NO, batch, mlp, train_step
 
 
 def both(module_fn=mlp):

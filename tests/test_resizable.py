@@ -1,7 +1,7 @@
 """resizable: examples for R1-R9, and a spaCy textcat that takes add_label after training."""
 
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Optional
 
 import numpy
 import pytest
@@ -23,6 +23,8 @@ from thinc.api import (
 from torchlayers.averaged import averaged
 from torchlayers.resizable import resizable, resize_input, resize_output
 from torchlayers.with_torch import with_torch
+
+from .helpers import bag_of_words
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -260,17 +262,6 @@ def bow_textcat(n_features: int = 32, width: int = 8, exclusive: bool = True) ->
     model = chain(bag_of_words(n_features), encoder, resizable(head, fill=fill), activation)
     model.attrs["resize_output"] = resize_output  # what TrainablePipe.add_label calls
     return model
-
-
-def bag_of_words(n_features: int) -> Model:
-    def forward(model: Model, docs: List, is_train: bool):
-        X = model.ops.alloc2f(len(docs), n_features)
-        for i, doc in enumerate(docs):
-            for token in doc:
-                X[i, token.lower % n_features] += 1
-        return X, lambda dX: []
-
-    return Model("bag_of_words", forward)
 
 
 TEXTS = [("good great fine", "POS"), ("bad awful poor", "NEG"), ("great good", "POS")]

@@ -20,23 +20,7 @@ from thinc.api import (
 
 from torchlayers import with_torch
 
-NI, NH, NO = 6, 5, 3
-
-
-def mlp(nI: int = NI, nH: int = NH, nO: int = NO, seed: int = 0) -> torch.nn.Sequential:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(nI, nH), torch.nn.Tanh(), torch.nn.Linear(nH, nO))
-
-
-def batch(n: int = 4, width: int = NI, seed: int = 0, dtype: str = "float32") -> numpy.ndarray:
-    return numpy.random.default_rng(seed).uniform(-1, 1, (n, width)).astype(dtype)
-
-
-def train_step(model, X, dY, optimizer):
-    Y, backprop = model(X, is_train=True)
-    dX = backprop(dY)
-    model.finish_update(optimizer)
-    return Y, dX
+from .helpers import NH, NI, NO, batch, mlp, train_step
 
 
 def params_of(model) -> dict:

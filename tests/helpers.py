@@ -1,0 +1,54 @@
+"""Reference code shared by the example tests and the properties."""
+
+from typing import Dict, List
+
+import numpy
+import torch
+from thinc.api import Model
+
+NI, NH, NO = 6, 5, 3
+
+
+def mlp(nI: int = NI, nH: int = NH, nO: int = NO, seed: int = 0) -> torch.nn.Sequential:
+    """Linear, Tanh, Linear with seeded weights."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(nI, nH), torch.nn.Tanh(), torch.nn.Linear(nH, nO))
+
+
+def batch(n: int = 4, width: int = NI, seed: int = 0, dtype: str = "float32") -> numpy.ndarray:
+    """A seeded batch of unit-scale inputs."""
+    return numpy.random.default_rng(seed).uniform(-1, 1, (n, width)).astype(dtype)
+
+
+def train_step(model, X, dY, optimizer):
+    """Forward, backprop from dY, one update; returns (Y, dX)."""
+    Y, backprop = model(X, is_train=True)
+    dX = backprop(dY)
+    model.finish_update(optimizer)
+    return Y, dX
+
+
+def reference_ema(history: List[Dict], max_decay: float = 0.9999) -> Dict:
+    """SPEC A1 in float64: the first post-update values, then avg -= (1 - d_t) * (avg - w)."""
+    avg: Dict = {}
+    for t, weights in enumerate(history, start=1):
+        for key, w in weights.items():
+            if t == 1:
+                avg[key] = w.astype("float64")
+            else:
+                decay = min((1 + t) / (10 + t), max_decay)
+                avg[key] -= (1 - decay) * (avg[key] - w)
+    return avg
+
+
+def bag_of_words(n_features: int) -> Model:
+    """Docs -> (n_docs, n_features) counts of hashed lowercase tokens; no gradient."""
+
+    def forward(model: Model, docs: List, is_train: bool):
+        X = model.ops.alloc2f(len(docs), n_features)
+        for i, doc in enumerate(docs):
+            for token in doc:
+                X[i, token.lower % n_features] += 1
+        return X, lambda dX: []
+
+    return Model("bag_of_words", forward)
