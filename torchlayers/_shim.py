@@ -37,7 +37,7 @@ class TorchShim(Shim):
     ):
         super().__init__(module, config={"mixed_precision": mixed_precision})
         self.factory = factory
-        self._node: Optional[Model] = None  # set by the node's forward/init; a copy starts without
+        self._node: Optional[Model] = None  # see node(); a copy starts without one
         self._name: Optional[str] = None
         self.dtype = torch.float32
         self._link_module(module)
@@ -48,9 +48,8 @@ class TorchShim(Shim):
         # name -> Parameter, and the Thinc arrays each Parameter / .grad currently views.
         self.params: Dict[str, torch.nn.Parameter] = {}
         self.param_arrays: Dict[str, Any] = {}
-        self.grad_links: Dict[
-            str, Tuple[Any, torch.Tensor]
-        ] = {}  # Thinc grad, the .grad viewing it
+        # name -> (the node's Thinc gradient, the .grad tensor that views it)
+        self.grad_links: Dict[str, Tuple[Any, torch.Tensor]] = {}
         self.overflowed = False  # mixed precision: a gradient since the last update was inf/nan
         self.grads_cleared = False  # an optimizer zeroed every grad since the last backward
         self._flag_holders: List[Dict[str, Any]] = []
@@ -111,8 +110,8 @@ class TorchShim(Shim):
         (loss scaling must unscale this pass's gradients alone).
         """
         kept: Dict[str, Any] = {}
-        # On a GPU a fresh .grad costs a conversion (7 us) per param; adding into the zeroed
-        # one costs a kernel launch. On the CPU the add is the dearer part.
+        # On a GPU a fresh .grad costs a conversion (a few us) per param; adding into the
+        # zeroed one costs a kernel launch. On the CPU the add is the dearer part.
         fresh = self.grads_cleared and not self.on_cuda
         for name, param in self.params.items():
             if fresh or not node.has_grad(name):
