@@ -10,19 +10,16 @@ and answers the hooks Thinc calls on shims: `finish_update`, `use_params`, `to_d
 
 import contextlib
 import copy
-import json
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from thinc.api import Model, Optimizer
 from thinc.model import deserialize_attr, serialize_attr
 from thinc.shims.shim import Shim
 
 from ._convert import to_array, to_tensor
+from ._saved import check_shape, check_state, dump_state, read_state
 
-FORMAT = "torchlayers.with_torch/1"
 Factory = Callable[[Optional[int], Optional[int]], torch.nn.Module]
 
 
@@ -204,24 +201,17 @@ class TorchShim(Shim):
             self.sync(node)
 
     def to_bytes(self) -> bytes:
-        node = self.node()
-        header = {
-            "format": FORMAT,
-            "params": {name: list(param.shape) for name, param in self.params.items()},
-            "dims": {name: node.maybe_get_dim(name) for name in node.dim_names} if node else {},
-        }
-        buffers = {name: t.detach().cpu().contiguous() for name, t in self._buffers().items()}
-        return save_safetensors(buffers, metadata={"torchlayers": json.dumps(header)})
+        return dump_state(self.params, self._buffers())
 
     def from_bytes(self, data: bytes) -> "TorchShim":
         node = self.node()
         if node is None:
             raise ValueError("with_torch: cannot load into a layer that was never attached")
         try:
-            header, buffers = read_state(node, data)
+            header, buffers = read_state(node.name, data)
             if self._model is None:
                 self.attach(node, build_module(node, self.factory))
-            check_state(node, self, header, buffers)
+            check_state(node, self.params, self._buffers(), header, buffers)
         except ValueError:
             self._revert(node)
             raise
@@ -320,42 +310,6 @@ def same_memory(array: Any, linked: Any) -> bool:
     return bool(array.shape == linked.shape and array.strides == linked.strides)
 
 
-def read_state(node: Optional[Model], data: bytes) -> Tuple[Dict, Dict[str, torch.Tensor]]:
-    """Parse a shim's bytes: safetensors (buffers) with a header in its metadata. No pickle."""
-    layer = node.name if node is not None else "with_torch"
-    try:
-        buffers = load_safetensors(bytes(data))
-        size = int.from_bytes(bytes(data[:8]), "little")
-        metadata = json.loads(bytes(data[8 : 8 + size]))["__metadata__"]
-        header = json.loads(metadata["torchlayers"])
-    except Exception as err:  # safetensors, json and key errors alike: the bytes are not ours
-        raise ValueError(f"{layer}: the data is not a saved with_torch layer ({err})") from err
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{layer}: unknown format {header.get('format')!r}, expected {FORMAT}")
-    return header, buffers
-
-
-def check_state(
-    node: Model, shim: TorchShim, header: Dict, buffers: Dict[str, torch.Tensor]
-) -> None:
-    """Raise ValueError if the loaded params or buffers do not fit the module."""
-    saved = set(header["params"])
-    expected = set(shim.params)
-    if saved != expected:
-        raise ValueError(
-            f"{node.name}: the data has parameters {sorted(saved)}, the module {sorted(expected)}"
-        )
-    for name, param in shim.params.items():
-        check_shape(node, name, tuple(param.shape), node.get_param(name).shape)
-    own = shim._buffers()
-    if set(buffers) != set(own):
-        raise ValueError(
-            f"{node.name}: the data has buffers {sorted(buffers)}, the module {sorted(own)}"
-        )
-    for name, tensor in buffers.items():
-        check_shape(node, name, tuple(own[name].shape), tuple(tensor.shape))
-
-
 def build_module(node: Model, factory: Optional[Factory]) -> torch.nn.Module:
     """Call the user's factory with the node's dims."""
     if factory is None:
@@ -364,14 +318,6 @@ def build_module(node: Model, factory: Optional[Factory]) -> torch.nn.Module:
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"{node.name}: the factory returned {type(module).__name__}, not a Module")
     return module
-
-
-def check_shape(node: Model, name: str, expected: Tuple[int, ...], got: Any) -> None:
-    if tuple(got) != tuple(expected):
-        raise ValueError(
-            f"{node.name}: parameter '{name}' has shape {tuple(expected)} in the module "
-            f"but {tuple(got)} in the data"
-        )
 
 
 def check_dtype(node: Model, name: str, param: torch.Tensor) -> None:
