@@ -249,3 +249,105 @@ class Sink:
 
     def flush(self) -> None:
         pass
+
+
+TAGGED = [
+    ("I like green eggs", ["PRP", "VBP", "JJ", "NNS"]),
+    ("she eats red apples", ["PRP", "VBZ", "JJ", "NNS"]),
+    ("we see big dogs", ["PRP", "VBP", "JJ", "NNS"]),
+    ("they want cold soup", ["PRP", "VBP", "JJ", "NN"]),
+    ("he has a cat", ["PRP", "VBZ", "DT", "NN"]),
+]
+NEW_TAGGED = [("oh I see", ["UH", "PRP", "VBP"]), ("oh she eats soup", ["UH", "PRP", "VBZ", "NN"])]
+TAG_PROBE = "oh we like the red soup"
+
+
+def tagger_nlp():
+    nlp = spacy.blank("en")
+    model = {"@architectures": "torchlayers.TorchTagger.v1", "tok2vec": TOK2VEC, "hidden_width": 16}
+    nlp.add_pipe("tagger", config={"model": model})
+    return nlp
+
+
+def tag_examples(nlp, pairs) -> List[Example]:
+    return [Example.from_dict(nlp.make_doc(text), {"tags": tags}) for text, tags in pairs]
+
+
+def trained_tagger(steps: int = 10):
+    fix_random_seed(0)
+    nlp = tagger_nlp()
+    train = tag_examples(nlp, TAGGED)
+    nlp.initialize(lambda: train)
+    optimizer = Adam(0.01, use_averages=True)
+    for _ in range(steps):
+        nlp.update(train, sgd=optimizer, drop=0.1)
+    return nlp, optimizer
+
+
+def tag_probs(nlp, text: str = TAG_PROBE) -> numpy.ndarray:
+    """Per-token tag probabilities (tokens x tags) of the tagger on `text`."""
+    return nlp.get_pipe("tagger").model.predict([nlp.make_doc(text)])[0]
+
+
+def test_tagger_trains_per_token_with_drop() -> None:
+    """C1, C2, D2: torchlayers.TorchTagger.v1 from a config gives spaCy's tagger one row of tag
+    probabilities per token, sized from the labels at initialize; drop reaches with_dropout and
+    the torch Dropout; the loss falls."""
+    nlp, optimizer = trained_tagger(steps=0)
+    tagger = nlp.get_pipe("tagger")
+    assert tagger.labels == ("DT", "JJ", "NN", "NNS", "PRP", "VBP", "VBZ")
+    probs = tag_probs(nlp)
+    assert probs.shape == (6, 7) and tagger.model.get_dim("nO") == 7
+    numpy.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=RTOL)
+    train = tag_examples(nlp, TAGGED)
+    first = nlp.update(train, sgd=optimizer, drop=0.1)["tagger"]
+    rates = {n.name: n.attrs.get("dropout_rate") for n in tagger.model.walk()}
+    assert rates["with_dropout(with_torch(torch_mlp))"] == rates["with_torch(torch_mlp)"] == 0.1
+    for _ in range(9):
+        last = nlp.update(train, sgd=optimizer, drop=0.1)["tagger"]
+    assert last < first
+    assert [token.tag_ for token in nlp("she has red eggs")][0] == "PRP"
+
+
+def test_tagger_add_label_then_set_output_keeps_old_tags() -> None:
+    """C2, R1, R3, R7: on a trained tagger, spaCy 3.8's add_label only appends the label;
+    set_output (the root's attrs["resize_output"]) then grows the output: the old tags'
+    probabilities stay, the new tag starts at ~e^-16 and learns from a sentence using it."""
+    nlp, optimizer = trained_tagger()
+    tagger = nlp.get_pipe("tagger")
+    assert tagger.is_resizable
+    before = tag_probs(nlp)
+    assert tagger.add_label("UH") == 1
+    assert tagger.model.get_dim("nO") == 7  # add_label alone does not resize a tagger
+    tagger.set_output(len(tagger.labels))
+    assert tagger.model.get_dim("nO") == tagger.model.layers[0].get_dim("nO") == 8
+    after = tag_probs(nlp)
+    numpy.testing.assert_allclose(after[:, :7], before, RTOL, ATOL)
+    assert after[:, 7].max() < 1e-6
+    more = tag_examples(nlp, TAGGED + NEW_TAGGED)
+    for _ in range(30):
+        nlp.update(more, sgd=optimizer, drop=0.1)
+    assert tag_probs(nlp)[0, 7] > 0.5
+    assert nlp("oh I see")[0].tag_ == "UH"
+
+
+def test_tagger_bytes_round_trip_after_set_output() -> None:
+    """C2, R8, W6: nlp.to_bytes after add_label + set_output, from_bytes into a pipeline rebuilt
+    from the config (as spacy.load does; also one given the same labels + set_output first):
+    the labels and the per-token probabilities are identical."""
+    nlp, optimizer = trained_tagger(steps=3)
+    tagger = nlp.get_pipe("tagger")
+    tagger.add_label("UH")
+    tagger.set_output(len(tagger.labels))
+    nlp.update(tag_examples(nlp, TAGGED + NEW_TAGGED), sgd=optimizer, drop=0.1)
+    data = nlp.to_bytes()
+    for resize_first in (False, True):
+        fresh = spacy.util.get_lang_class("en").from_config(nlp.config)
+        if resize_first:  # before initialize, a resize only sets the width to build with
+            for label in tagger.labels:
+                fresh.get_pipe("tagger").add_label(label)
+            fresh.get_pipe("tagger").set_output(len(tagger.labels))
+        fresh.from_bytes(data)
+        assert fresh.get_pipe("tagger").labels == tagger.labels
+        assert numpy.array_equal(tag_probs(fresh), tag_probs(nlp))
+        assert [t.tag_ for t in fresh(TAG_PROBE)] == [t.tag_ for t in nlp(TAG_PROBE)]

@@ -12,6 +12,19 @@
 spaCy sets the output size from the labels at `initialize` and calls
 `model.attrs["resize_output"](model, n)` on the root at `add_label`, also after training.
 
+`torchlayers.TorchTagger.v1` is a model for spaCy's `tagger`: the same pieces, per token:
+
+    averaged(
+        tok2vec >> with_array(                                # one row per token
+            with_dropout(hidden, dropout)
+            >> resizable(with_torch(nn.Linear factory), -16)  # one output unit per tag
+            >> softmax_scores
+        )
+    )
+
+spaCy's `Tagger.add_label` does not resize the model: after training, follow it with
+`tagger.set_output(len(tagger.labels))`, which calls the root's `attrs["resize_output"]`.
+
 Importing this module without spaCy works (the functions can be called directly); the names are
 registered in `spacy.registry.architectures` only where spaCy is importable.
 """
@@ -19,7 +32,15 @@ registered in `spacy.registry.architectures` only where spaCy is importable.
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
-from thinc.api import Model, chain, list2ragged, reduce_mean, registry, sigmoid_activation
+from thinc.api import (
+    Model,
+    chain,
+    list2ragged,
+    reduce_mean,
+    registry,
+    sigmoid_activation,
+    with_array,
+)
 from thinc.types import Floats2d
 
 from .averaged import averaged
@@ -59,9 +80,7 @@ def build_torch_textcat(
     nO: the number of labels, if known; spaCy sets it from the labels.
     """
     if hidden is None:
-        hidden = with_torch(MLPFactory(hidden_width, dropout), torch_dropout=True)
-        hidden.set_dim("nO", hidden_width)  # else chain's init would give it the labels' width
-        hidden.attrs["dropout_rate"] = dropout
+        hidden = default_hidden(hidden_width, dropout)
     activation = softmax_scores() if exclusive_classes else sigmoid_activation()
     output: Model[Floats2d, Floats2d] = with_torch(output_linear)
     fill = SOFTMAX_FILL if exclusive_classes else 0.0
@@ -80,6 +99,59 @@ def build_torch_textcat(
     if nO is not None:
         resize_output(model, nO)
     return model
+
+
+def build_torch_tagger(
+    tok2vec: Model[List[Any], List[Floats2d]],
+    hidden_width: int = 64,
+    dropout: float = 0.0,
+    hidden: Optional[Model[Floats2d, Floats2d]] = None,
+    max_decay: float = 0.999,
+    nO: Optional[int] = None,
+) -> Model[List[Any], List[Floats2d]]:
+    """A per-token tagger for spaCy's `tagger` using all four combinators.
+
+    tok2vec: a spaCy token-to-vector layer (docs -> one array of token rows per doc).
+    Out: one (n_tokens, n_tags) array of tag probabilities per doc, from `softmax_scores`:
+        spaCy's tagger loss hands it `scores - truths`, the logits' cross-entropy gradient.
+    hidden, hidden_width, dropout, max_decay: as for `torchlayers.TorchTextCat.v1`; `hidden`
+        runs on each token's row (the default: a torch MLP of width `hidden_width`).
+    nO: the number of tags, if known; spaCy's tagger sets it from the labels at initialize
+        (it passes one-hot gold rows as Y, and the output layer takes their width).
+
+    Adding a tag to a trained tagger: spaCy 3.8's `Tagger.add_label` only appends the label
+    (`_allow_extra_label` lets it through because the root carries attrs["resize_output"]);
+    it does not resize the model, unlike textcat's. Follow it with
+    `tagger.set_output(len(tagger.labels))` (`TrainablePipe.set_output` calls
+    `attrs["resize_output"]`): the new tag's logit starts at -16, so it gets probability
+    ~e^-16 and the old tags' probabilities are unchanged to float32 rounding; it then learns.
+    Without `set_output`, the model keeps the old width: the new tag is never predicted and
+    training on it fails in spaCy's loss (labels and scores differ in width).
+    """
+    if hidden is None:
+        hidden = default_hidden(hidden_width, dropout)
+    output: Model[Floats2d, Floats2d] = with_torch(output_linear)
+    per_token: Model[Floats2d, Floats2d] = chain(
+        with_dropout(hidden, dropout),
+        resizable(output, fill=SOFTMAX_FILL),
+        softmax_scores(),
+    )
+    model: Model[List[Any], List[Floats2d]] = averaged(
+        chain(tok2vec, with_array(per_token)),
+        max_decay=max_decay,
+    )
+    model.attrs["resize_output"] = resize_output  # what TrainablePipe.set_output calls
+    if nO is not None:
+        resize_output(model, nO)
+    return model
+
+
+def default_hidden(width: int, dropout: float) -> Model[Floats2d, Floats2d]:
+    """The default hidden layer: `MLPFactory` in `with_torch`, its Dropout at the caller's rate."""
+    hidden: Model[Floats2d, Floats2d] = with_torch(MLPFactory(width, dropout), torch_dropout=True)
+    hidden.set_dim("nO", width)  # else chain's init would give it the labels' width
+    hidden.attrs["dropout_rate"] = dropout
+    return hidden
 
 
 @registry.layers("torchlayers.softmax_scores.v1")
@@ -140,6 +212,7 @@ def register_architectures() -> None:
     except ImportError:  # pragma: no cover - the test environment has spaCy
         return
     spacy_registry.architectures("torchlayers.TorchTextCat.v1")(build_torch_textcat)
+    spacy_registry.architectures("torchlayers.TorchTagger.v1")(build_torch_tagger)
 
 
 register_architectures()
