@@ -107,8 +107,8 @@ class TorchShim(Shim):
         (loss scaling must unscale this pass's gradients alone).
         """
         kept: Dict[str, Any] = {}
-        # On a GPU a fresh .grad costs a conversion (a few us) per param; adding into the
-        # zeroed one costs a kernel launch. On the CPU the add is the dearer part.
+        # On a GPU a fresh .grad costs a conversion per param, dearer than the one kernel that
+        # adds into the zeroed one. On the CPU the add is the dearer part.
         fresh = self.grads_cleared and not self.on_cuda
         for name, param in self.params.items():
             if fresh or not node.has_grad(name):
@@ -295,9 +295,9 @@ def deserialize_link(_: ShimLink, value: bytes, name: str, model: Model) -> Shim
 def param_store(node: Model) -> Tuple[Optional[Dict[Tuple[int, str], Any]], int]:
     """The node's ParamServer dict, for the per-call check in `sync` (None: use get_param).
 
-    `Model.get_param` validates the name and goes through two calls, about 0.2 us a param: a
-    fifth of P2's budget on a small MLP. The dict answers in 40 ns. A remote ParamServer
-    (`proxy`) keeps the public path.
+    `Model.get_param` validates the name through two calls per param; the dict lookup is a
+    fraction of that, and this check runs on every call (P2's budget on a small MLP is a few
+    microseconds). A remote ParamServer (`proxy`) keeps the public path.
     """
     server = node._params
     return (None if server.proxy is not None else server._params), node.id
