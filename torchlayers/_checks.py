@@ -18,3 +18,10 @@ def check_size(layer: str, what: str, size: Any) -> None:
     """A new number of units: an int of at least 1."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or int(size) < 1:
         raise ValueError(f"{layer}: {what} must be an int >= 1, got {size!r}")
+
+
+def check_decay(layer: str, max_decay: Any) -> None:
+    """An EMA's max_decay: a real number in [0, 1]."""
+    is_number = not isinstance(max_decay, bool) and isinstance(max_decay, numbers.Real)
+    if not is_number or not 0 <= float(max_decay) <= 1:
+        raise ValueError(f"{layer}: max_decay must be a number in [0, 1], got {max_decay!r}")

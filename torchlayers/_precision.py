@@ -11,6 +11,7 @@ import torch
 from thinc.api import Model
 
 from ._convert import map_arrays
+from ._thinc import drop_grad
 
 if TYPE_CHECKING:
     from ._shim import TorchShim
@@ -59,9 +60,7 @@ def update_loss_scale(shim: "TorchShim", node: Model) -> None:
         shim._good_steps = 0
         for name, param in shim.params.items():
             param.grad = None
-            # ParamServer has no public way to drop a gradient, and a zero gradient would
-            # still move Adam's moments: without it, Model.finish_update skips this param.
-            node._params._grads.pop((node.id, name), None)
+            drop_grad(node, name)  # no update for this param: Model.finish_update skips it
         shim.grad_links.clear()
         return
     shim._good_steps += 1

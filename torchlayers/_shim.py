@@ -15,15 +15,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from thinc.api import Model, Optimizer
 from thinc.model import deserialize_attr, serialize_attr
-from thinc.shims.shim import Shim
 
 from ._convert import to_array, to_tensor
 from ._saved import check_shape, check_state, dump_state, read_state
+from ._thinc import NodeShim, drop_param, param_store
 
 Factory = Callable[[Optional[int], Optional[int]], torch.nn.Module]
 
 
-class TorchShim(Shim):
+class TorchShim(NodeShim):
     """Holds a torch module whose parameters alias the Thinc params of its node."""
 
     def __init__(
@@ -34,7 +34,6 @@ class TorchShim(Shim):
     ):
         super().__init__(module, config={"mixed_precision": mixed_precision})
         self.factory = factory
-        self._node: Optional[Model] = None  # see node(); a copy starts without one
         self._name: Optional[str] = None
         self.dtype = torch.float32
         self._link_module(module)
@@ -71,15 +70,9 @@ class TorchShim(Shim):
         self.sync(node)
 
     def bind(self, node: Model) -> None:
-        """Remember the node, for the hooks Thinc calls without it (use_params, from_bytes)."""
-        self._node = node
+        super().bind(node)
         if self._name is None:
             self._name = node.name  # what a refused from_bytes puts back
-
-    def node(self) -> Optional[Model]:
-        """The node this shim belongs to, or None (a copy not yet run, a stale deepcopy)."""
-        node = self._node
-        return node if node is not None and any(s is self for s in node.shims) else None
 
     def sync(self, node: Model) -> None:
         """Point each torch parameter at its node's current Thinc array, where that changed.
@@ -265,7 +258,7 @@ class TorchShim(Shim):
             if name in self.param_arrays:
                 node.set_param(name, self.param_arrays[name])
             else:
-                node._has_params.pop(name, None)  # a foreign name Thinc added; no public API
+                drop_param(node, name)  # a foreign name Thinc's from_dict added
 
 
 class ShimLink:
@@ -290,17 +283,6 @@ def deserialize_link(_: ShimLink, value: bytes, name: str, model: Model) -> Shim
         if isinstance(shim, TorchShim):
             shim.bind(model)
     return _
-
-
-def param_store(node: Model) -> Tuple[Optional[Dict[Tuple[int, str], Any]], int]:
-    """The node's ParamServer dict, for the per-call check in `sync` (None: use get_param).
-
-    `Model.get_param` validates the name through two calls per param; the dict lookup is a
-    fraction of that, and this check runs on every call (P2's budget on a small MLP is a few
-    microseconds). A remote ParamServer (`proxy`) keeps the public path.
-    """
-    server = node._params
-    return (None if server.proxy is not None else server._params), node.id
 
 
 def same_memory(array: Any, linked: Any) -> bool:

@@ -15,11 +15,12 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, cast
 
 import torch
 from thinc.api import Model, Optimizer, registry
-from thinc.shims.shim import Shim
 
+from ._checks import check_decay
 from ._convert import to_tensor
 from ._optimizer_state import refit_average
 from ._shim import TorchShim
+from ._thinc import NodeShim, drop_param
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -145,27 +146,13 @@ def sync_torch(nodes: Iterator[Model]) -> None:
                 shim.sync(node)
 
 
-def check_decay(layer: str, max_decay: Any) -> None:
-    number = isinstance(max_decay, (int, float)) and not isinstance(max_decay, bool)
-    if not number or not 0 <= max_decay <= 1:
-        raise ValueError(f"{layer}: max_decay must be a number in [0, 1], got {max_decay!r}")
-
-
-class AverageShim(Shim):
+class AverageShim(NodeShim):
     """The averaged node's hook into `finish_update`, and the step that waits to be folded in."""
 
     def __init__(self) -> None:
         super().__init__(None)
-        self._node: Optional[Model] = None
         self.pending: List[Tuple[str, Any, bool]] = []  # (average key, live array, first time)
         self.pending_step = 0
-
-    def bind(self, node: Model) -> None:
-        self._node = node
-
-    def node(self) -> Optional[Model]:
-        node = self._node
-        return node if node is not None and any(s is self for s in node.shims) else None
 
     def finish_update(self, optimizer: Optimizer) -> None:
         # Thinc calls this before the optimizer: note the arrays it will update in place (Thinc's
@@ -228,7 +215,7 @@ class AverageShim(Shim):
         node = self.node()
         if node is not None and node.attrs["average_steps"] == 0:
             for key in list(node.param_names):  # saved before any update: no averages
-                node._has_params.pop(key, None)  # no public API to drop a param
+                drop_param(node, key)
         return self
 
     def copy(self) -> "AverageShim":

@@ -17,6 +17,7 @@ from ._resize_params import (
     torch_size,
 )
 from ._shim import TorchShim
+from ._thinc import write_dim
 from .averaged import fit_averages, is_averaged, settle
 
 InT = TypeVar("InT")
@@ -111,7 +112,7 @@ def resize(model: Model, dim: str, size: int, fill: Optional[float]) -> Model:
         for other in averaging:
             fit_averages(other)  # A5: kept units keep their averages, new ones start live
     follow_dims(path, dim, old, size)
-    set_dim(node, dim, size)
+    write_dim(node, dim, size)
     return model
 
 
@@ -167,7 +168,7 @@ def follow_dims(path: List[Model], dim: str, old: Optional[int], size: int) -> N
     """Set `dim` on the target and on each ancestor whose `dim` is the target's, going up
     while no layer after the child on the path (before it, for nI) sets `dim` of its own: a
     softmax_activation after the output layer keeps its width."""
-    set_dim(path[-1], dim, size)
+    write_dim(path[-1], dim, size)
     for parent, child in zip(path[-2::-1], path[:0:-1]):
         value = parent.maybe_get_dim(dim)
         where = next(i for i, layer in enumerate(parent.layers) if layer is child)
@@ -177,15 +178,7 @@ def follow_dims(path: List[Model], dim: str, old: Optional[int], size: int) -> N
         if value not in (old, None):
             return
         if value is not None:  # an unset dim stays for the ancestor's own init to set
-            set_dim(parent, dim, size)
-
-
-def set_dim(node: Model, name: str, value: int) -> None:
-    """Thinc's set_dim refuses to change a dim once the node has params, even with force=True
-    (Thinc's own resize builds a new node instead). We resize params and dims together, in
-    place, so write the dim directly; `_dims` is the only store behind has_dim/get_dim."""
-    if name in node.dim_names:
-        node._dims[name] = value
+            write_dim(parent, dim, size)
 
 
 def path_within(root: Model, node: Model) -> List[Model]:
