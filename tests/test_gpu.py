@@ -34,6 +34,13 @@ def on_gpu(model):
     return model
 
 
+def train_on_gpu(model, optimizer, X, steps: int) -> None:
+    for seed in range(steps):
+        _, backprop = model(X, is_train=True)
+        backprop(cupy.asarray(batch(len(X), NO, seed=seed)))
+        model.finish_update(optimizer)
+
+
 def test_to_gpu_moves_the_module_and_shares_memory():
     """W8, P6: to_gpu moves the module; cupy arrays cross to torch and back without copies."""
     module = mlp()
@@ -83,10 +90,7 @@ def test_use_params_on_gpu():
     model = on_gpu(with_torch(mlp()))
     optimizer = Adam(0.05, use_averages=True)
     X = cupy.asarray(batch())
-    for seed in range(3):
-        _, backprop = model(X, is_train=True)
-        backprop(cupy.asarray(batch(4, NO, seed=seed)))
-        model.finish_update(optimizer)
+    train_on_gpu(model, optimizer, X, steps=3)
     live = model.predict(X)
     with model.use_params(optimizer.averages):
         assert not cupy.allclose(model.predict(X), live)
@@ -165,10 +169,7 @@ def test_averaged_on_gpu_swaps_and_restores():
     model = on_gpu(averaged(with_torch(mlp())))
     optimizer = Adam(0.05)
     X = cupy.asarray(batch())
-    for seed in range(3):
-        _, backprop = model(X, is_train=True)
-        backprop(cupy.asarray(batch(4, NO, seed=seed)))
-        model.finish_update(optimizer)
+    train_on_gpu(model, optimizer, X, steps=3)
     live = model.predict(X)
     with use_averages(model):
         assert not cupy.allclose(model.predict(X), live)
