@@ -19,7 +19,7 @@ from spacy.training.initialize import init_nlp  # noqa: E402
 from spacy.training.loop import train as train_nlp  # noqa: E402
 from spacy.util import registry  # noqa: E402  Thinc's registry, plus architectures
 
-import torchlayers.architectures  # noqa: E402, F401  registers torchlayers.TorchTextCat.v1
+import torchlayers.spacy.architectures  # noqa: E402, F401  registers torchlayers.TorchTextCat.v1
 
 RTOL, ATOL = 1e-5, 1e-6
 TEXTS = [
@@ -91,7 +91,7 @@ def node_named(model: Model, prefix: str) -> Model:
 
 LOAD = """
 import json, sys
-import torchlayers.architectures  # or the spacy_architectures entry point, once installed
+import torchlayers.spacy.architectures  # or the spacy_architectures entry point, once installed
 import spacy
 nlp = spacy.load(sys.argv[1])
 print(json.dumps([doc.cats for doc in nlp.pipe(json.loads(sys.argv[2]))]))

@@ -20,7 +20,7 @@ from typing import List
 import torch
 from spacy.util import registry
 
-import torchlayers.architectures  # noqa: F401  registers torchlayers.TorchTextCat.v1
+import torchlayers.spacy.architectures  # noqa: F401  registers torchlayers.TorchTextCat.v1
 
 # The rates the module's own Dropout used in training forward passes: the demo reports them to
 # show that `--training.dropout` (nlp.update(drop=...)) reaches inside the torch module.

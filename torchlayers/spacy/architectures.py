@@ -43,10 +43,10 @@ from thinc.api import (
 )
 from thinc.types import Floats2d
 
-from .averaged import averaged
-from .resizable import resizable, resize_output
-from .with_dropout import with_dropout
-from .with_torch import with_torch
+from ..averaged import averaged
+from ..resizable import resizable, resize_output
+from ..with_dropout import with_dropout
+from ..with_torch import with_torch
 
 # A new exclusive class starts at probability ~e^-16 of the old ones' mass: below float32
 # rounding of the old probabilities; softmax_scores passes it the gradient p - truth, so it
