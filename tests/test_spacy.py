@@ -165,7 +165,7 @@ def test_add_label_after_training_keeps_old_scores(component: str, exclusive: bo
 @registry.architectures("test_spacy.TorchMLP.v1")
 def user_mlp(nI: int, width: int) -> torch.nn.Module:
     """A torch module from a function of the user's, named in the config."""
-    module = torch.nn.Sequential(torch.nn.Linear(nI, width), torch.nn.ReLU())
+    module = torch.nn.Sequential(torch.nn.Linear(nI, width), torch.nn.ReLU(), torch.nn.Dropout())
     module.built_by_user = True  # type: ignore[assignment]
     return module
 

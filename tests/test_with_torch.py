@@ -161,8 +161,9 @@ def test_gradients_agree_with_finite_differences_float64():
 
 
 @pytest.mark.parametrize("start_in_train_mode", [True, False])
-def test_predict_runs_in_eval_inference_mode_and_restores_flags(start_in_train_mode):
-    """W3: predict runs in eval mode under inference_mode, keeps no graph, restores the flags."""
+def test_predict_runs_in_eval_inference_mode_and_flags_rest_in_eval(start_in_train_mode):
+    """W3: predict runs in eval mode under inference_mode and keeps no graph; training calls
+    run in train mode; between calls the module rests in eval mode (the documented place)."""
     module = torch.nn.Sequential(torch.nn.Linear(NI, NO), torch.nn.Dropout(0.5))
     module.train(start_in_train_mode)
     seen = []
@@ -172,14 +173,17 @@ def test_predict_runs_in_eval_inference_mode_and_restores_flags(start_in_train_m
         )
     )
     model = with_torch(module)
+    assert module.training is False and module[1].training is False
     X = batch()
     assert_array_equal(model.predict(X), model.predict(X))  # dropout is off
     Y, _ = model(X, is_train=False)
     assert seen[-1] == (False, False, True, False)
-    assert module.training is start_in_train_mode and module[1].training is start_in_train_mode
     model(X, is_train=True)
     assert seen[-1][:2] == (True, True)
-    assert module.training is start_in_train_mode
+    assert module.training is False and module[1].training is False
+    module.train()  # the caller moves the flags: the next prediction puts them back to rest
+    assert_array_equal(model.predict(X), Y)
+    assert seen[-1] == (False, False, True, False) and module[1].training is False
 
 
 def test_no_backprop_after_prediction():

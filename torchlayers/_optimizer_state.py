@@ -8,16 +8,17 @@ runs the optimizer over the params, which is where pending state is moved. `refi
 also fits the averages of an `averaged` node to a resized param (A5).
 """
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from thinc.api import Optimizer, get_array_module
-from thinc.shims.shim import Shim
+from thinc.api import Model, Optimizer, get_array_module
+
+from ._thinc import NodeShim
 
 Key = Tuple[int, str]
 Shape = Tuple[int, ...]
 
 
-class OptimizerState(Shim):
+class OptimizerState(NodeShim):
     """Moves optimizer state of resized params: kept units keep theirs, new units start fresh.
 
     New units get zero moments and, for `averages`, their live value (0 weights, `fill` bias):
@@ -28,6 +29,11 @@ class OptimizerState(Shim):
     def __init__(self) -> None:
         super().__init__(None)
         self.pending: List[Tuple[Key, Shape, Any]] = []  # (key, old shape, new param array)
+
+    def after_resize(self, node: Model, target: Model, changes: List[Tuple[str, Any]]) -> None:
+        if any(shim is self for shim in node.shims):  # the resizable node's own state
+            for name, old_shape in changes:
+                self.record((target.id, name), old_shape, target.get_param(name))
 
     def record(self, key: Key, old_shape: Shape, new: Any) -> None:
         """A param was resized: move the state of the last optimizer seen now (so
@@ -54,6 +60,10 @@ class OptimizerState(Shim):
 
     def from_bytes(self, data: bytes) -> "OptimizerState":
         return self
+
+    def check_saved(self, node: Model, data: Any, params: Dict[str, Any], verify: bool) -> None:
+        if data != b"":
+            raise ValueError(f"{node.name}: the data's resizable state is not empty")
 
 
 def migrate(optimizer: Any, key: Key, old_shape: Shape, new: Any) -> None:

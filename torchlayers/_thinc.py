@@ -3,7 +3,7 @@
 Each function says why the public API does not do: read this file when Thinc changes.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from thinc.api import Model
 from thinc.shims.shim import Shim
@@ -25,6 +25,34 @@ class NodeShim(Shim):
         """The node this shim belongs to, or None (a copy not yet run, a stale deepcopy)."""
         node = self._node
         return node if node is not None and any(s is self for s in node.shims) else None
+
+    # Hooks a combinator calls on the shims of other nodes, so that no combinator imports
+    # another: each shim that keeps state about params takes part by overriding them.
+
+    mirrors_params = False  # the node's params track other nodes' params (averages)
+
+    def follow_params(self, node: Model) -> None:
+        """`node`'s param arrays were swapped (use_averages): follow them."""
+
+    def before_resize(self, node: Model) -> None:
+        """A layer under `node` is about to be resized."""
+
+    def after_resize(self, node: Model, target: Model, changes: List[Tuple[str, Any]]) -> None:
+        """`target` (under or at `node`) was resized: `changes` is [(param, old shape)]."""
+
+    # Loading (torchlayers._loading): check a node's part of a message before Thinc applies
+    # it, and put back what applying it changed if the load fails later.
+
+    def check_saved(self, node: Model, data: Any, params: Dict[str, Any], verify: bool) -> None:
+        """Raise ValueError unless `data` (this shim's saved bytes) and `params` (the node's
+        saved params) fit. verify: compare checksums (the message had no seal)."""
+
+    def snapshot(self, node: Model) -> Any:
+        """What `restore` needs to undo a load of this shim."""
+        return None
+
+    def restore(self, node: Model, saved: Any) -> None:
+        """Undo a load (the node's params, name and dims are restored already)."""
 
 
 def param_store(node: Model) -> Tuple[Optional[Dict[Tuple[int, str], Any]], int]:

@@ -11,15 +11,15 @@ under it refits the averages (`fit_averages`; A5). See docs/averaged.md.
 
 import contextlib
 import json
-from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, cast
 
 import torch
 from thinc.api import Model, Optimizer, registry
 
 from ._checks import check_decay
 from ._convert import to_tensor
+from ._loading import Layer
 from ._optimizer_state import refit_average
-from ._shim import TorchShim
 from ._thinc import NodeShim, drop_param
 
 InT = TypeVar("InT")
@@ -43,7 +43,7 @@ def averaged(layer: Model[InT, OutT], max_decay: float = 0.9999) -> Model[InT, O
     """
     check_decay("averaged", max_decay)
     shim = AverageShim()
-    model: Model[InT, OutT] = Model(
+    model: Model[InT, OutT] = Layer(
         f"averaged({layer.name})",
         forward,
         init=init,
@@ -85,12 +85,12 @@ def use_averages(model: Model) -> Iterator[Model]:
                 for target, name, average in averages(node):
                     swaps.append((target, name, target.get_param(name)))
                     target.set_param(name, average)
-        sync_torch(target for target, _, _ in swaps)
+        follow_params(target for target, _, _ in swaps)
         yield model
     finally:
         for target, name, live in reversed(swaps):
             target.set_param(name, live)
-        sync_torch(target for target, _, _ in swaps)
+        follow_params(target for target, _, _ in swaps)
 
 
 def settle(model: Model) -> None:
@@ -138,16 +138,18 @@ def is_averaged(node: Model) -> bool:
     return bool(node.shims) and isinstance(node.shims[0], AverageShim)
 
 
-def sync_torch(nodes: Iterator[Model]) -> None:
-    """Point the torch parameters of with_torch nodes at their nodes' current arrays."""
+def follow_params(nodes: Iterator[Model]) -> None:
+    """Tell the shims of nodes whose arrays were swapped (with_torch re-points torch)."""
     for node in {id(node): node for node in nodes}.values():
         for shim in node.shims:
-            if isinstance(shim, TorchShim):
-                shim.sync(node)
+            if isinstance(shim, NodeShim):
+                shim.follow_params(node)
 
 
 class AverageShim(NodeShim):
     """The averaged node's hook into `finish_update`, and the step that waits to be folded in."""
+
+    mirrors_params = True  # a resize under it refits the averages (after_resize)
 
     def __init__(self) -> None:
         super().__init__(None)
@@ -205,12 +207,8 @@ class AverageShim(NodeShim):
         return json.dumps({"format": FORMAT}).encode("utf8")
 
     def from_bytes(self, data: bytes) -> "AverageShim":
-        try:
-            header = json.loads(bytes(data))
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"averaged: the data is not a saved averaged layer ({err})") from err
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise ValueError(f"averaged: unknown format in {header!r}, expected {FORMAT}")
+        node = self.node()
+        read_header(node.name if node is not None else "averaged", data)
         self.pending.clear()  # the loaded averages include every loaded step
         node = self.node()
         if node is not None and node.attrs["average_steps"] == 0:
@@ -218,8 +216,42 @@ class AverageShim(NodeShim):
                 drop_param(node, key)
         return self
 
+    def before_resize(self, node: Model) -> None:
+        self.bind(node)
+        self.settle()  # the pending step has the old shapes
+
+    def after_resize(self, node: Model, target: Model, changes: List[Tuple[str, Any]]) -> None:
+        fit_averages(node)  # A5: kept units keep their averages, new ones start live
+
+    def check_saved(self, node: Model, data: Any, params: Dict[str, Any], verify: bool) -> None:
+        read_header(node.name, data)
+        nodes = list(node.layers[0].walk())
+        for key in params:
+            index, _, name = key.partition("/")
+            target = nodes[int(index)] if index.isdigit() and int(index) < len(nodes) else None
+            # an unbuilt with_torch node lists no params yet: it is built from the data
+            if target is None or (target.param_names and name not in target.param_names):
+                raise ValueError(
+                    f"{node.name}: the data has an average {key!r} of no parameter here"
+                )
+
+    def snapshot(self, node: Model) -> Any:
+        return list(self.pending), self.pending_step
+
+    def restore(self, node: Model, saved: Any) -> None:
+        self.pending, self.pending_step = list(saved[0]), saved[1]
+
     def copy(self) -> "AverageShim":
         # Model._copy took references to the node's arrays and deep-copies them after asking the
         # shims: folding in place now puts the pending step into both copies.
         self.settle()
         return AverageShim()
+
+
+def read_header(layer: str, data: Any) -> None:
+    try:
+        header = json.loads(bytes(data))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{layer}: the data is not a saved averaged layer ({err})") from err
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{layer}: unknown format in {header!r}, expected {FORMAT}")

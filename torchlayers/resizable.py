@@ -5,6 +5,7 @@ from typing import Callable, List, Optional, Tuple, TypeVar, cast
 from thinc.api import Model, registry
 
 from ._checks import check_size
+from ._loading import Layer
 from ._optimizer_state import OptimizerState
 from ._resize_params import (
     Changes,
@@ -17,8 +18,7 @@ from ._resize_params import (
     torch_size,
 )
 from ._shim import TorchShim
-from ._thinc import write_dim
-from .averaged import fit_averages, is_averaged, settle
+from ._thinc import NodeShim, write_dim
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -52,7 +52,7 @@ def resizable(
     """
     if isinstance(fill, bool) or not isinstance(fill, (int, float)):
         raise ValueError(f"resizable({layer.name}): fill must be a number, got {fill!r}")
-    return Model(
+    return Layer(
         f"resizable({layer.name})",
         forward,
         init=init,
@@ -102,15 +102,14 @@ def resize(model: Model, dim: str, size: int, fill: Optional[float]) -> Model:
     path += path_within(node, target)[1:]
     old = target.maybe_get_dim(dim)
     if built(target):
-        averaging = [other for other in path if is_averaged(other)]  # above and below `node`
-        for other in averaging:
-            settle(other)  # the pending step is of the old shapes
+        # every shim on the path that keeps per-param state (optimizer state, averages) hears
+        # of the resize: before it (to settle) and after it (to refit)
+        hooks = [(other, s) for other in path for s in other.shims if isinstance(s, NodeShim)]
+        for other, shim in hooks:
+            shim.before_resize(other)
         old, changes = resize_target(node, target, dim, size, fill)
-        state = cast(OptimizerState, node.shims[0])
-        for name, old_shape in changes:
-            state.record((target.id, name), old_shape, target.get_param(name))
-        for other in averaging:
-            fit_averages(other)  # A5: kept units keep their averages, new ones start live
+        for other, shim in hooks:
+            shim.after_resize(other, target, changes)
     follow_dims(path, dim, old, size)
     write_dim(node, dim, size)
     return model
@@ -155,7 +154,7 @@ def find_target(node: Model, dim: str) -> Model:
     here = nodes.index(target)
     for other in nodes[here + 1 :] if dim == "nO" else nodes[:here]:
         # an averaged node's params are averages of the nodes under it: resized with them
-        if other.param_names and not is_averaged(other):
+        if other.param_names and not mirrors_params(other):
             where = "after the output" if dim == "nO" else "before the input"
             raise ValueError(
                 f"{node.name}: cannot resize {target.name}: {other.name} comes {where} "
@@ -195,6 +194,11 @@ def built(node: Model) -> bool:
     if is_torch_node(node):
         return cast(TorchShim, node.shims[0]).module is not None
     return bool(node.has_param("W"))
+
+
+def mirrors_params(node: Model) -> bool:
+    """A node whose params track other nodes' params (an averaged node): they are refitted."""
+    return any(isinstance(shim, NodeShim) and shim.mirrors_params for shim in node.shims)
 
 
 def is_resizable(node: Model) -> bool:

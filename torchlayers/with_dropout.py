@@ -6,6 +6,7 @@ from thinc.api import Model, Ops, registry
 from thinc.types import Floats2d, Padded, Ragged
 
 from ._checks import check_rate
+from ._loading import Layer
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -32,7 +33,7 @@ def with_dropout(
     check_rate("with_dropout", rate)
     if mode not in MODES:
         raise ValueError(f"with_dropout: mode must be one of {MODES}, got {mode!r}")
-    return Model(
+    return Layer(
         f"with_dropout({layer.name})",
         forward,
         init=init,

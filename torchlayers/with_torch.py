@@ -9,7 +9,8 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from ._checks import check_rate
 from ._convert import describe, is_array, map_arrays, pair_leaves, to_array, to_tensor
-from ._precision import run_autocast, scaled_backward
+from ._loading import Layer
+from ._precision import run_autocast
 from ._shim import Factory, ShimLink, TorchShim, build_module
 
 InT = TypeVar("InT")
@@ -29,16 +30,32 @@ def with_torch(
     Thinc params (same memory), so any Thinc optimizer, `use_params(optimizer.averages)`,
     `to_bytes` and `copy` reach them.
 
-    module: a ready `nn.Module` (`nI`/`nO` are read from its first/last `Linear` or `Embedding`),
-        or a factory called at `initialize` with the dims Thinc inferred or that were set.
-    mixed_precision: on CUDA, run the forward pass under `torch.autocast` (float16) with loss
-        scaling; Thinc still sees float32 outputs and unscaled gradients. No effect on CPU.
-    torch_dropout: hand the module's own `nn.Dropout` submodules the rate in
-        `attrs["dropout_rate"]` during training (so `set_dropout_rate` reaches them).
-    In: an array, a list/tuple/dict of arrays, or `ArgsKwargs` (spread into the call).
-        Integer arrays pass through without a gradient. Out: a tensor, tuple or dict, as arrays.
-    Training runs the module in train mode; prediction in eval mode under `inference_mode`;
-    either way its own train/eval flags are put back afterwards.
+    Args:
+        module: A ready float32 `nn.Module` (`nI`/`nO` are read from its first/last `Linear`
+            or `Embedding`), or a factory called at `initialize` with the dims Thinc inferred
+            or that were set. A float64 module runs forward and backward (gradient checks)
+            but Thinc's optimizers train float32 only; float16 is refused: use
+            `mixed_precision`.
+        mixed_precision: On CUDA, run the forward pass under `torch.autocast` (float16) with
+            loss scaling; Thinc still sees float32 outputs and unscaled gradients. No effect
+            on CPU.
+        torch_dropout: Hand the module's own `nn.Dropout` submodules the rate in
+            `attrs["dropout_rate"]` during training (so `set_dropout_rate` reaches them).
+            The module must have at least one.
+
+    Returns:
+        A Thinc `Model`. In: an array, a list/tuple/dict of arrays, or `ArgsKwargs` (spread
+        into the call); integer arrays pass through without a gradient. Out: what the module
+        returns (a tensor, tuple or dict), as arrays.
+
+    Raises:
+        TypeError: `module` is neither a module nor a callable; parameters not float32/64.
+        ValueError: `torch_dropout=True` on a module without `nn.Dropout`.
+
+    The module rests in eval mode between calls: a prediction runs it as it rests, under
+    `torch.inference_mode()`, and writes no flags, so many threads may predict at once. A
+    training call switches it to train mode for its forward pass and back. A prediction that
+    overlaps a training call on another thread raises RuntimeError.
     """
     if isinstance(module, torch.nn.Module):
         ready: Optional[torch.nn.Module] = module
@@ -53,7 +70,7 @@ def with_torch(
     attrs: Dict[str, Any] = {"with_torch": ShimLink()}
     if torch_dropout:
         attrs["dropout_rate"] = None
-    model: Model[InT, OutT] = Model(
+    model: Model[InT, OutT] = Layer(
         f"with_torch({label})",
         forward,
         init=init,
@@ -63,27 +80,24 @@ def with_torch(
     )
     shim.bind(model)
     if ready is not None:
-        shim.attach(model, ready)
-        set_dims_from_module(model, ready)
+        attach(model, shim, ready)
     return model
 
 
 def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Callable]:
     shim: TorchShim = model.shims[0]  # type: ignore[assignment]
-    module = shim.module
+    module = shim._model
     if module is None:
         raise ValueError(f"{model.name}: call initialize() first: the factory has not been built")
     shim.sync(model)
+    if not is_train:
+        return predict(model, shim, module, X), no_backprop
     leaves: List[Optional[torch.Tensor]] = []  # per input leaf: the tensor that gets a gradient
     if is_array(X):
-        Xt = input_tensor(shim.dtype, is_train, leaves, X)
+        Xt = input_tensor(shim.links.dtype, True, leaves, X)
     else:
-        Xt = map_arrays(partial(input_tensor, shim.dtype, is_train, leaves), X)
-    if not is_train:
-        with torch.inference_mode():
-            Yt = call_module(model, shim, module, Xt, X, training=False)
-        return to_arrays(Yt), no_backprop
-    Yt = call_module(model, shim, module, Xt, X, training=True)
+        Xt = map_arrays(partial(input_tensor, shim.links.dtype, True, leaves), X)
+    Yt = train_call(model, shim, module, Xt, X)
     done = False
 
     def backprop(dY: OutT) -> InT:
@@ -103,29 +117,66 @@ def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Call
 
 def init(model: Model[InT, OutT], X: Optional[InT] = None, Y: Optional[OutT] = None) -> None:
     shim = cast(TorchShim, model.shims[0])
-    if shim.module is not None:
-        return
-    if is_array(X) and model.maybe_get_dim("nI") is None and X.dtype.kind == "f":  # type: ignore
-        model.set_dim("nI", X.shape[-1])  # type: ignore
-    if is_array(Y) and model.maybe_get_dim("nO") is None:
-        model.set_dim("nO", Y.shape[-1])  # type: ignore
-    module = build_module(model, shim.factory)
-    set_dims_from_module(model, module, force=True)  # the module is the truth, not the request
+    if shim.module is None:
+        if is_array(X) and model.maybe_get_dim("nI") is None and X.dtype.kind == "f":  # type: ignore
+            model.set_dim("nI", X.shape[-1])  # type: ignore
+        if is_array(Y) and model.maybe_get_dim("nO") is None:
+            model.set_dim("nO", Y.shape[-1])  # type: ignore
+        attach(model, shim, build_module(model, shim.factory))
+    check_input(model, X)  # a wrong width fails here, not at the first predict
+
+
+def attach(model: Model, shim: TorchShim, module: torch.nn.Module) -> None:
+    """Link `module` to the node: its params become Thinc params, its dims the node's."""
+    check_device(model, module)
+    if "dropout_rate" in model.attrs and not torch_dropouts(module):
+        raise ValueError(
+            f"{model.name}: torch_dropout=True, but the module has no nn.Dropout submodule "
+            "for the rate to reach"
+        )
+    set_dims_from_module(model, module, force=shim.factory is not None)  # before it has params
     shim.attach(model, module)
 
 
-def call_module(
-    model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any, X: Any, training: bool
-) -> Any:
-    """Run the module with its flags set for training or prediction; reword input errors."""
-    args, kwargs = (Xt.args, Xt.kwargs) if isinstance(Xt, ArgsKwargs) else ((Xt,), NO_KWARGS)
-    flags = shim.set_training(training)
-    rates = set_torch_dropout(model, module) if training and "dropout_rate" in model.attrs else None
-    try:
-        if shim.autocast:
-            Yt = run_autocast(module, args, kwargs)
+def predict(model: Model, shim: TorchShim, module: torch.nn.Module, X: Any) -> Any:
+    """Run the module as it rests (eval mode): no flag is written, so threads may overlap."""
+    modes = shim.modes
+    calls = modes.begin_prediction(model.name)
+    dtype = shim.links.dtype
+    with torch.inference_mode():
+        if is_array(X):
+            Xt = to_tensor(X)
+            if Xt.dtype is not dtype and Xt.is_floating_point():
+                Xt = Xt.to(dtype)
         else:
-            Yt = module(*args, **kwargs) if kwargs else module(*args)
+            Xt = map_arrays(partial(input_tensor, dtype, False, []), X)
+        Yt = call_module(model, shim, module, Xt, X)
+    modes.end_prediction(model.name, calls)
+    return to_arrays(Yt)
+
+
+def train_call(model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any, X: Any) -> Any:
+    """Run the module in train mode, with the caller's dropout rate if it takes one."""
+    rates = set_torch_dropout(model, module) if "dropout_rate" in model.attrs else None
+    shim.modes.begin_training()
+    try:
+        return call_module(model, shim, module, Xt, X)
+    finally:
+        shim.modes.end_training()
+        if rates is not None:
+            restore_torch_dropout(module, rates)
+
+
+def call_module(model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any, X: Any) -> Any:
+    """Call the module; reword errors about its input."""
+    try:
+        if isinstance(Xt, ArgsKwargs):
+            if shim.autocast:
+                return run_autocast(module, Xt.args, Xt.kwargs)
+            return module(*Xt.args, **Xt.kwargs)
+        if shim.autocast:
+            return run_autocast(module, (Xt,), NO_KWARGS)
+        return module(Xt)
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, TypeError, IndexError) as err:
@@ -133,19 +184,18 @@ def call_module(
         raise ValueError(
             f"{model.name}: the module rejected input {describe(X)}{expected_input(model)}: {err}"
         ) from err
-    finally:
-        shim.restore_training(flags)
-        if rates is not None:
-            restore_torch_dropout(module, rates)
-    return Yt
 
 
 def backward(
     model: Model, shim: TorchShim, Yt: Any, dY: Any, inputs: List[Optional[torch.Tensor]]
 ) -> None:
     """Run torch's backward from `dY`, accumulating into the node's Thinc gradients."""
+    if isinstance(Yt, torch.Tensor) and is_array(dY):
+        pairs = [(Yt, dY)]
+    else:
+        pairs = pair_leaves(Yt, dY)
     outputs, grads = [], []
-    for y, dy in pair_leaves(Yt, dY):
+    for y, dy in pairs:
         if dy is None or not y.requires_grad:
             continue
         if tuple(dy.shape) != tuple(y.shape):
@@ -153,13 +203,15 @@ def backward(
                 f"{model.name}: expected a gradient of shape {tuple(y.shape)}, got {dy.shape}"
             )
         outputs.append(y)
-        grads.append(to_tensor(dy).to(y.dtype))
-    kept = shim.prepare_grads(model, separate=shim.autocast)
+        grad = to_tensor(dy)
+        grads.append(grad if grad.dtype is y.dtype else grad.to(y.dtype))
+    links = shim.links
+    kept = links.prepare_grads(model, separate=shim.autocast)
     if outputs and shim.autocast:
-        scaled_backward(shim, outputs, grads, inputs)
+        shim.scaler.backward(outputs, grads, list(links.params.values()) + inputs)
     elif outputs:
         torch.autograd.backward(outputs, grads)
-    shim.collect_grads(model, kept)
+    links.collect_grads(model, kept)
 
 
 def to_arrays(Yt: Any) -> Any:
@@ -207,6 +259,19 @@ def check_input(model: Model, X: Any) -> None:
 def expected_input(model: Model) -> str:
     nI = model.maybe_get_dim("nI")
     return f" (expected (*, {nI}))" if nI is not None else ""
+
+
+def check_device(model: Model, module: torch.nn.Module) -> None:
+    """A CUDA module needs cupy: Thinc keeps CUDA params as cupy arrays."""
+    if any(p.is_cuda for p in module.parameters()):
+        try:
+            import cupy  # noqa: F401
+        except ImportError as err:
+            raise ValueError(
+                f"{model.name}: the module is on CUDA, and Thinc keeps CUDA parameters as cupy "
+                "arrays: install the cupy build for your CUDA (e.g. cupy-cuda12x), or pass the "
+                "module on the CPU and call model.to_gpu() after"
+            ) from err
 
 
 def set_dims_from_module(model: Model, module: torch.nn.Module, force: bool = False) -> None:
