@@ -31,6 +31,7 @@ test: lint types unit properties docs-test
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check torchlayers tests property_tests bench examples
 	$(VENV)/bin/ruff format --check torchlayers tests property_tests bench examples
+	$(VENV)/bin/lint-imports
 
 types: $(VENV)/.dev
 	$(VENV)/bin/mypy torchlayers

@@ -12,6 +12,7 @@ from spacy.training import Example
 from spacy.util import registry
 from thinc.api import (
     Adam,
+    Dropout,
     LayerNorm,
     Model,
     Softmax,
@@ -321,3 +322,15 @@ def test_dims_follow_past_a_dimensionless_activation():
     resize_output(model, 4)
     assert model.predict(numpy.zeros((1, 3), dtype="float32")).shape == (1, 4)
     assert model.get_dim("nO") == model.layers[0].get_dim("nO") == 4
+
+
+def test_nothing_to_resize_is_refused_at_construction_or_initialize():
+    """R9: a layer with nothing a resize can reach fails at resizable(...) or initialize, not
+    at the first resize."""
+    with pytest.raises(ValueError, match="no Linear or Embedding"):
+        resizable(with_torch(torch.nn.ReLU()))
+    with pytest.raises(ValueError, match="no with_torch or Thinc W/b layer"):
+        resizable(chain(Dropout(0.1), Dropout(0.1)))
+    model = resizable(with_torch(lambda nI, nO: torch.nn.Tanh()))
+    with pytest.raises(ValueError, match="no Linear or Embedding"):
+        model.initialize(X=numpy.zeros((2, 3), dtype="float32"))

@@ -576,3 +576,39 @@ def test_contiguous_float32_crosses_without_copies():
         assert seen["x"].data_ptr() == X.ctypes.data
         assert seen["y"].data_ptr() == Y.ctypes.data
     assert module[0].weight.data_ptr() == model.get_param("0.weight").ctypes.data
+
+
+# -- errors at the first wrong step ---------------------------------------------------------
+
+
+def test_wrong_width_fails_at_initialize():
+    """W10: initialize(X=...) with the wrong width fails there, naming both widths."""
+    with pytest.raises(ValueError, match=r"expected input \(\*, 6\), got shape \(4, 5\)"):
+        with_torch(mlp()).initialize(X=batch(width=5))
+
+
+def test_float16_module_is_refused_and_float64_cannot_step():
+    """W10: a float16 module is refused at with_torch(...); a float64 one runs forward and
+    backward (W2 checks) but an optimizer step says what to do instead of failing in Thinc."""
+    with pytest.raises(TypeError, match=r"float16.*module.float\(\)"):
+        with_torch(mlp().half())
+    model = with_torch(mlp().double())
+    with pytest.raises(TypeError, match=r"float64.*module.float\(\)"):
+        train_step(model, batch(dtype="float64"), batch(4, NO, dtype="float64"), Adam(0.1))
+
+
+def test_torch_dropout_without_a_dropout_submodule_is_refused():
+    """D6, W10: torch_dropout=True on a module without nn.Dropout fails at once, or at the
+    initialize that builds a factory's module."""
+    with pytest.raises(ValueError, match="no nn.Dropout"):
+        with_torch(mlp(), torch_dropout=True)
+    model = with_torch(lambda nI, nO: torch.nn.Linear(nI, 2), torch_dropout=True)
+    with pytest.raises(ValueError, match="no nn.Dropout"):
+        model.initialize(X=batch())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA/cupy")
+def test_to_gpu_without_cupy_or_cuda_says_what_to_do():
+    """W8, W10: to_gpu on a machine without cupy or CUDA names what to install or do."""
+    with pytest.raises(ValueError, match="to_gpu needs"):
+        with_torch(mlp()).to_gpu(0)

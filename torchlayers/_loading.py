@@ -72,10 +72,29 @@ class Layer(Model[InT, OutT]):
             CHECKED.reset(token)
         return self
 
+    def to_gpu(self, gpu_id: int) -> None:
+        check_gpu(self.name)
+        super().to_gpu(gpu_id)
+
     def _copy(self: SelfT, seen: Optional[Dict] = None) -> SelfT:
         copied = super()._copy(seen)
         copied.__class__ = type(self)  # Thinc's _copy builds a plain Model; same slots
         return copied
+
+
+def check_gpu(layer: str) -> None:
+    """Thinc keeps GPU params as cupy arrays: say what to install rather than fail inside."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            f"{layer}: to_gpu needs cupy (Thinc keeps GPU parameters as cupy arrays): install "
+            "the cupy build for your CUDA, e.g. `pip install cupy-cuda12x`"
+        ) from err
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"{layer}: to_gpu needs a CUDA device, and torch sees none")
 
 
 # -- the seal ------------------------------------------------------------------------------

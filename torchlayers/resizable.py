@@ -52,7 +52,7 @@ def resizable(
     """
     if isinstance(fill, bool) or not isinstance(fill, (int, float)):
         raise ValueError(f"resizable({layer.name}): fill must be a number, got {fill!r}")
-    return Layer(
+    model: Model[InT, OutT] = Layer(
         f"resizable({layer.name})",
         forward,
         init=init,
@@ -67,6 +67,8 @@ def resizable(
             "fill": float(fill),
         },
     )
+    check_resizable(model)  # nothing to resize: say so now, not at the first resize
+    return model
 
 
 def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Callable]:
@@ -79,6 +81,22 @@ def init(model: Model[InT, OutT], X: Optional[InT] = None, Y: Optional[OutT] = N
     for name in ("nI", "nO"):
         if layer.has_dim(name):
             model.set_dim(name, layer.get_dim(name), force=True)
+    check_resizable(model)  # a factory's module exists now
+
+
+def check_resizable(model: Model) -> None:
+    """Raise ValueError unless `model` holds a layer that a resize can reach on some side."""
+    errors = []
+    for dim in ("nO", "nI"):
+        try:
+            target = find_target(model, dim)
+            if is_torch_node(target) and built(target):
+                path = model.attrs["input_layer" if dim == "nI" else "output_layer"]
+                torch_layer(target, path, dim)
+        except ValueError as err:
+            errors.append(err)
+    if len(errors) == 2:
+        raise errors[0]
 
 
 def resize_output(model: Model, n_out: int, *, fill: Optional[float] = None) -> Model:
