@@ -4,7 +4,14 @@ import sys
 
 import torch
 
-from . import bench_averaged, bench_resizable, bench_with_dropout, bench_with_torch
+from . import (
+    bench_averaged,
+    bench_calls,
+    bench_loading,
+    bench_resizable,
+    bench_with_dropout,
+    bench_with_torch,
+)
 
 
 def main(argv: list) -> int:
@@ -16,6 +23,8 @@ def main(argv: list) -> int:
     ok &= bench_with_dropout.main()
     ok &= bench_resizable.main()
     ok &= bench_averaged.main()
+    ok &= bench_calls.main()
+    ok &= bench_loading.main()
     return 0 if ok else 1
 
 

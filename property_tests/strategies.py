@@ -1,7 +1,7 @@
 """Hypothesis strategies shared by the property tests: small sizes, related values together."""
 
 import copy
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy
 import torch
@@ -152,3 +152,46 @@ def averaged_resizable_layers(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray]:
         model = resizable(averaged(layer.layers[0], max_decay=max_decay), fill=layer.attrs["fill"])
     model.initialize(X=X)
     return model, X
+
+
+@st.composite
+def saved_models(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray, Callable[[int], Model]]:
+    """A trained model nesting the four combinators (and a Thinc layer) at random, an input
+    batch, and `build(seed)`: the same architecture with other weights."""
+    from thinc.api import Adam, Relu
+
+    from torchlayers.with_dropout import with_dropout
+
+    n_in, n_hidden, n_out = draw(SIZES), draw(SIZES), draw(SIZES)
+    parts = draw(st.lists(st.sampled_from(["dropout", "resizable", "averaged", "thinc"]),
+                          max_size=4, unique=True))  # fmt: skip
+    batch_norm = draw(st.booleans())
+
+    def build(seed: int) -> Model:
+        torch.manual_seed(seed)
+        layers: List[torch.nn.Module] = [torch.nn.Linear(n_in, n_hidden)]
+        if batch_norm:
+            layers.append(torch.nn.BatchNorm1d(n_hidden))
+        layers.append(torch.nn.Linear(n_hidden, n_out))
+        model: Model = with_torch(torch.nn.Sequential(*layers))
+        for part in parts:
+            if part == "dropout":
+                model = with_dropout(model, 0.1)
+            elif part == "resizable":
+                model = resizable(model)
+            elif part == "averaged":
+                model = averaged(model)
+            else:
+                model = chain(model, Relu(n_out, n_out))
+        if parts and parts[-1] == "thinc":  # a torchlayers root checks the whole message
+            model = with_dropout(model, 0.0)
+        return model
+
+    X = numpy.random.default_rng(draw(st.integers(0, 99))).uniform(-1, 1, (4, n_in))
+    X = X.astype("float32")
+    model = build(0)
+    model.initialize(X=X)
+    Y, backprop = model(X, is_train=True)
+    backprop(numpy.ones_like(Y))
+    model.finish_update(Adam(0.01))
+    return model, X, build

@@ -1,0 +1,99 @@
+"""P11 and P10: the fixed cost of a with_torch call, and predictions from two threads.
+
+P11 runs `nn.Linear(4, 4)` at batch 1, where nearly all of a call is overhead, and prints the
+difference of medians against plain torch doing the same work (array in, array out; dX for a
+training call). P10 predicts a 768->3072->768 MLP at batch 128 from one thread and from two,
+on one model, and prints the throughput ratio (torch releases the GIL inside its kernels).
+"""
+
+import threading
+import time
+from typing import Callable, Dict
+
+import numpy
+import torch
+
+from torchlayers import with_torch
+
+from ._timing import medians, report
+
+
+def fixed_cost_cases() -> Dict[str, Callable[[], object]]:
+    torch.manual_seed(0)
+    plain, wrapped = torch.nn.Linear(4, 4).eval(), torch.nn.Linear(4, 4)
+    model = with_torch(wrapped)
+    X = numpy.ones((1, 4), dtype="float32")
+    dY = numpy.ones((1, 4), dtype="float32")
+
+    def torch_predict() -> object:
+        with torch.inference_mode():
+            return plain(torch.from_numpy(X)).numpy()
+
+    def torch_train() -> object:
+        X_leaf = torch.from_numpy(X).requires_grad_()
+        plain.train()  # what a training call must do, as with_torch does
+        Y = plain(X_leaf)
+        plain.eval()
+        Y.backward(torch.from_numpy(dY))
+        assert X_leaf.grad is not None
+        return Y.detach().numpy(), X_leaf.grad.numpy()
+
+    def ours_train() -> object:
+        Y, backprop = model(X, is_train=True)
+        return Y, backprop(dY)
+
+    return {
+        "torch predict": torch_predict,
+        "with_torch predict": lambda: model.predict(X),
+        "torch train": torch_train,
+        "with_torch train": ours_train,
+    }
+
+
+def threaded_ratio(calls: int = 12) -> float:
+    """Throughput of two threads predicting one model over that of one thread."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(768, 3072), torch.nn.ReLU(), torch.nn.Linear(3072, 768)
+    )
+    model = with_torch(module)
+    X = numpy.random.default_rng(0).standard_normal((128, 768), dtype=numpy.float32)
+
+    def run(threads: int) -> float:
+        def work() -> None:
+            for _ in range(calls):
+                model.predict(X)
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return threads * calls / (time.perf_counter() - start)
+
+    run(1)  # warm up
+    ratios = [run(2) / run(1) for _ in range(5)]
+    return float(numpy.median(ratios))
+
+
+def main() -> bool:
+    times = medians(fixed_cost_cases(), rounds=15, number=2000)
+    ok = True
+    for what, budget in (("predict", 1.5), ("train", 5.0)):
+        extra = (times[f"with_torch {what}"] - times[f"torch {what}"]) * 1e6
+        shown = round(extra, 1)
+        ok &= shown <= budget
+        print(
+            f"P11 fixed cost per {'prediction' if what == 'predict' else 'forward+backprop'} "
+            f"over torch (Linear(4, 4), batch 1): +{extra:.1f} us "
+            f"({times[f'with_torch {what}'] / times[f'torch {what}']:.2f}x; budget <= +{budget} us)"
+            f" {'ok' if shown <= budget else 'OVER'}"
+        )
+    ok &= report(
+        "P10 two threads predicting vs one (768->3072->768, batch 128)",
+        threaded_ratio(),
+        1.5,
+        better="higher",
+    )
+    return ok
