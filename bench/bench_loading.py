@@ -43,8 +43,9 @@ def main() -> bool:
         for module in (saved, loading):
             module.checksum = real  # type: ignore[attr-defined]
     print(
-        f"W6 checksums on {count / 1e6:.0f}M params: save {checked['save'] / unchecked['save']:.2f}x"
-        f" and load {checked['load'] / unchecked['load']:.2f}x of the same without checksums;"
-        f" load takes {checked['load'] / checked['save']:.2f}x a save"
+        f"W6 checksums on {count / 1e6:.0f}M params: save "
+        f"{checked['save'] / unchecked['save']:.2f}x and load "
+        f"{checked['load'] / unchecked['load']:.2f}x of the same without checksums; "
+        f"a load takes {checked['load'] / checked['save']:.2f}x a save"
     )
     return True
