@@ -5,13 +5,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, c
 
 import torch
 from thinc.api import ArgsKwargs, Model, registry
-from torch.nn.modules.dropout import _DropoutNd
 
-from ._checks import check_rate
 from ._convert import describe, is_array, map_arrays, pair_leaves, to_array, to_tensor
 from ._loading import Layer
 from ._precision import run_autocast
-from ._shim import Factory, ShimLink, TorchShim, build_module
+from ._shim import ShimLink, TorchShim
+from ._torch_module import (
+    Factory,
+    build_module,
+    check_device,
+    restore_torch_dropout,
+    set_dims_from_module,
+    set_torch_dropout,
+    torch_dropouts,
+)
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -259,55 +266,3 @@ def check_input(model: Model, X: Any) -> None:
 def expected_input(model: Model) -> str:
     nI = model.maybe_get_dim("nI")
     return f" (expected (*, {nI}))" if nI is not None else ""
-
-
-def check_device(model: Model, module: torch.nn.Module) -> None:
-    """A CUDA module needs cupy: Thinc keeps CUDA params as cupy arrays."""
-    if any(p.is_cuda for p in module.parameters()):
-        try:
-            import cupy  # noqa: F401
-        except ImportError as err:
-            raise ValueError(
-                f"{model.name}: the module is on CUDA, and Thinc keeps CUDA parameters as cupy "
-                "arrays: install the cupy build for your CUDA (e.g. cupy-cuda12x), or pass the "
-                "module on the CPU and call model.to_gpu() after"
-            ) from err
-
-
-def set_dims_from_module(model: Model, module: torch.nn.Module, force: bool = False) -> None:
-    """Read nI/nO from the first and last layers that say them (Linear, Embedding).
-
-    force: overwrite dims already set (a factory may build another width than it was asked:
-    chain's init hands every unset nO the output's width).
-    """
-    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
-    if not layers:
-        return
-    first, last = layers[0], layers[-1]
-    nI = first.in_features if isinstance(first, torch.nn.Linear) else first.num_embeddings
-    nO = last.out_features if isinstance(last, torch.nn.Linear) else last.embedding_dim
-    for name, value in (("nI", nI), ("nO", nO)):
-        if force or model.maybe_get_dim(name) is None:
-            model.set_dim(name, value, force=True)
-
-
-def set_torch_dropout(model: Model, module: torch.nn.Module) -> Optional[List[float]]:
-    """D6: give the module's own Dropout submodules the caller's rate; return their own rates."""
-    rate = model.attrs["dropout_rate"]
-    if rate is None:
-        return None
-    check_rate(model.name, rate)
-    dropouts = torch_dropouts(module)
-    before = [m.p for m in dropouts]
-    for m in dropouts:
-        m.p = float(rate)
-    return before
-
-
-def restore_torch_dropout(module: torch.nn.Module, rates: List[float]) -> None:
-    for m, p in zip(torch_dropouts(module), rates):
-        m.p = p
-
-
-def torch_dropouts(module: torch.nn.Module) -> List[_DropoutNd]:
-    return [m for m in module.modules() if isinstance(m, _DropoutNd)]
