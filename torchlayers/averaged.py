@@ -36,10 +36,21 @@ def averaged(layer: Model[InT, OutT], max_decay: float = 0.9999) -> Model[InT, O
     `d_t = min((1 + t) / (10 + t), max_decay)` -- Thinc's `ops.update_averages(avg, w, t)`,
     without the zero start. Averaged: every Thinc param under `layer` that has a gradient at the
     step (with_torch's torch parameters included; buffers such as BatchNorm statistics are not).
-    max_decay: in [0, 1], in `attrs["max_decay"]`; the EMA spans about 1 / (1 - max_decay) steps.
-    In/out: what `layer` takes and returns; forward is `layer`'s, unchanged. The averages are
-    used only inside `with use_averages(model):`. Step with `finish_update` on a model that
-    contains this node (as `nlp.update` does): a step on `layer` alone is not averaged.
+
+    Args:
+        layer: Any Thinc model; its forward pass is used unchanged.
+        max_decay: In [0, 1], kept in `attrs["max_decay"]`; the EMA spans about
+            1 / (1 - max_decay) steps.
+
+    Returns:
+        A model that takes and returns what `layer` does. The averages are used only inside
+        `with use_averages(model):`.
+
+    Raises:
+        ValueError: `max_decay` outside [0, 1].
+
+    Step with `finish_update` on a model that contains this node (as `nlp.update` does): a
+    step on `layer` alone is not averaged.
     """
     check_decay("averaged", max_decay)
     shim = AverageShim()
@@ -76,6 +87,12 @@ def use_averages(model: Model) -> Iterator[Model]:
     Restores the very live arrays on exit, also when the block raises; nests. No copies: each
     parameter is re-pointed at its average (O(number of tensors)), so do not train inside the
     block. Where averaged nodes nest, the innermost average is the one used.
+
+    Args:
+        model: A model holding `averaged` nodes anywhere (a spaCy component's model, say).
+
+    Returns:
+        A context manager that yields `model`.
     """
     swaps: List[Tuple[Model, str, Any]] = []  # (node, param, live array), in the order made
     try:

@@ -35,20 +35,32 @@ def resizable(
     """Make `layer`'s input and output units resizable after training, keeping what it predicts.
 
     The resized layer is the last (output) or first (input) `with_torch` or Thinc W/b layer
-    (Linear, Softmax, ...) under `layer`. Inside a torch module, `output_layer`/`input_layer`
-    name the submodule by its dotted path ("2", "head.proj"); by default the last `nn.Linear`
-    (output) and the first `nn.Linear`/`nn.Embedding` (input; an Embedding's inputs are its rows).
-    fill: the bias of new output units (attrs["fill"]). New weights are 0, so a new unit outputs
-        exactly `fill`. Before a softmax, -16 keeps old-class probabilities to float32 rounding
-        (e^-16 < 1.2e-7) while the new class still learns; -1e4 gives it probability exactly 0
-        and then also a zero gradient (softmax's p(1 - p)): it never learns. 0 suits sigmoids.
-        New input units get zero weights: old inputs give old outputs. Shrinking drops the last
-        units.
-    attrs["resize_output"] and attrs["resize_input"] are `(model, n) -> model`, spaCy's
-    convention (`TrainablePipe.add_label`). Before `initialize` a resize only sets the dim the
-    layer will be built with. Resizing keeps the node and its ids: optimizer moments and
-    averages of kept units carry over, new units start from zero state (see OptimizerState).
-    `averaged` nodes between `model` and the resized layer resize their averages alike (A5).
+    (Linear, Softmax, ...) under `layer`. Resizing keeps the node and its ids: optimizer moments
+    and averages of kept units carry over, new units start from zero state, and `averaged` nodes
+    between the model and the resized layer resize their averages alike (A5). Before
+    `initialize` a resize only sets the dim the layer will be built with.
+
+    Args:
+        layer: The layer to make resizable.
+        input_layer: Inside a torch module, the dotted path of the submodule whose inputs
+            resize ("0", "embed"); default the first `nn.Linear` or `nn.Embedding` (an
+            Embedding's inputs are its rows).
+        output_layer: Likewise for the outputs; default the last `nn.Linear`.
+        fill: The bias of new output units (`attrs["fill"]`). New weights are 0, so a new unit
+            outputs exactly `fill`. Before a softmax, -16 keeps old-class probabilities to
+            float32 rounding (e^-16 < 1.2e-7) while the new class still learns; -1e4 gives it
+            probability exactly 0 and then also a zero gradient: it never learns. 0 suits
+            sigmoids.
+
+    Returns:
+        A model that takes and returns what `layer` does, with `attrs["resize_output"]` and
+        `attrs["resize_input"]` as `(model, n) -> model` (spaCy's convention, which
+        `TrainablePipe.add_label` calls). New input units get zero weights: old inputs give
+        old outputs. Shrinking drops the last units.
+
+    Raises:
+        ValueError: `fill` is not a number, or nothing under `layer` can be resized (checked
+            here, and again at `initialize` once a factory's module exists).
     """
     if isinstance(fill, bool) or not isinstance(fill, (int, float)):
         raise ValueError(f"resizable({layer.name}): fill must be a number, got {fill!r}")
@@ -100,15 +112,36 @@ def check_resizable(model: Model) -> None:
 
 
 def resize_output(model: Model, n_out: int, *, fill: Optional[float] = None) -> Model:
-    """Resize the output units of the one `resizable` layer in `model`; return `model`.
+    """Resize the output units of the one `resizable` layer in `model`.
 
-    fill: the new units' bias; default the layer's attrs["fill"].
+    Args:
+        model: A model holding exactly one `resizable` node.
+        n_out: The new number of output units, an int >= 1.
+        fill: The new units' bias; default the layer's `attrs["fill"]`.
+
+    Returns:
+        `model`, resized in place.
+
+    Raises:
+        ValueError: No or several resizable nodes, a bad size, or a layer after the output
+            whose size depends on it.
     """
     return resize(model, "nO", n_out, fill)
 
 
 def resize_input(model: Model, n_in: int) -> Model:
-    """Resize the input units of the one `resizable` layer in `model`; return `model`."""
+    """Resize the input units of the one `resizable` layer in `model`.
+
+    Args:
+        model: A model holding exactly one `resizable` node.
+        n_in: The new number of input units, an int >= 1.
+
+    Returns:
+        `model`, resized in place.
+
+    Raises:
+        ValueError: As for `resize_output`, on the input side.
+    """
     return resize(model, "nI", n_in, None)
 
 
