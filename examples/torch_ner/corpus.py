@@ -20,23 +20,26 @@ LABELS = ["PERSON", "CITY", "ORG"]
 NEW_LABEL = "PRODUCT"
 Entities = List[Tuple[int, int, str]]
 
+FIRST = ["Mary", "John", "Chen", "Amelia", "Victor", "Ana", "Omar", "Priya", "Lars", "Keiko"]
+LAST = ["Lopez", "Lee", "Wei", "Stone", "Diaz", "Okafor", "Berg", "Sato", "Novak", "Kaur"]
+PLACES = ["Lagos", "Kyoto", "Berlin", "Austin", "Sydney", "Quito", "Oslo", "Porto", "Dakar"]
+COMPANY = ["Apex", "Nova", "Orbit", "Delta", "Summit", "Cobalt", "Vertex", "Harbor", "Zenith"]
+# Surfaces shared by several types: only the sentence tells which (or whether it is one at all).
+SHARED = {
+    "PERSON": ["Jordan", "Paris", "Lincoln", "Washington", "Ford", "Austin", "Sydney"],
+    "CITY": ["Paris", "Washington", "Lincoln", "Sydney", "Austin", "Jordan", "Santa Fe"],
+    "ORG": ["Apple", "Amazon", "Ford", "Lincoln Financial", "Washington Post", "Paris Group"],
+    "PRODUCT": ["Mustang", "Kindle", "Air Jordan", "Lincoln Navigator", "Apple Watch"],
+}
 NAMES: Dict[str, List[str]] = {
-    "PERSON": [
-        "Jordan", "Paris", "Lincoln", "Washington", "Ford", "Mary Ann Lopez", "John Lee",
-        "Chen Wei", "Kim", "Sydney", "Amelia Stone", "Victor Hugo Diaz", "Austin",
-    ],
-    "CITY": [
-        "Paris", "Washington", "Lincoln", "Sydney", "Austin", "New York", "San Francisco",
-        "Rio de Janeiro", "Berlin", "Jordan", "Lagos", "Kyoto", "Santa Fe",
-    ],
-    "ORG": [
-        "Apple", "Amazon", "Ford", "General Electric", "Lincoln Financial", "Paris Saint Germain",
-        "Oxfam", "Mustang Capital", "Red Cross", "Siemens", "Washington Post", "Kyoto Bank",
-    ],
-    "PRODUCT": [
-        "Mustang", "Kindle", "Model T", "Galaxy Note", "Air Jordan", "iPhone", "Walkman",
-        "Lincoln Navigator", "Thinkpad", "Apple Watch", "Echo Dot", "Sydney Lamp",
-    ],
+    "PERSON": SHARED["PERSON"] + [f"{a} {b}" for a in FIRST for b in LAST]
+    + [f"{a} {b} {c}" for a, b, c in zip(FIRST, FIRST[::-1], LAST)],
+    "CITY": SHARED["CITY"] + PLACES + [f"{p} {q}" for p in ("New", "San", "Port", "Lake")
+                                       for q in PLACES] + ["Rio de Janeiro", "Buenos Aires"],
+    "ORG": SHARED["ORG"] + [f"{c} {k}" for c in COMPANY
+                            for k in ("Bank", "Group", "Motors", "Labs", "Foods")],
+    "PRODUCT": SHARED["PRODUCT"] + [f"{c} {m}" for c in COMPANY
+                                    for m in ("X1", "Pro", "Mini", "Note", "One")],
 }  # fmt: skip
 
 TEMPLATES: Dict[str, List[str]] = {
@@ -81,6 +84,15 @@ TEMPLATES: Dict[str, List[str]] = {
         "{PERSON} bought a new {PRODUCT} in {CITY} .",
         "{PERSON} said the {PRODUCT} made by {ORG} is great .",
     ],
+    "AMBIGUOUS": [  # contexts several types fit: the name has to tell
+        "I visited {PERSON} last year .",
+        "I visited {CITY} last year .",
+        "{CITY} is growing fast .",
+        "{ORG} is growing fast .",
+        "everyone talks about {PERSON} these days .",
+        "everyone talks about {PRODUCT} these days .",
+        "everyone talks about {ORG} these days .",
+    ],
     "NONE": [
         "i ate an apple and a pear .",
         "the amazon of the north is a long river .",
@@ -88,6 +100,9 @@ TEMPLATES: Dict[str, List[str]] = {
         "the mustang ran across the field .",
         "it rained all day and nobody came .",
         "the new model was not ready .",
+        "we met in may near the lake .",
+        "an apple a day keeps the doctor away .",
+        "the pro team lost again .",
         "she said the old station was closed .",
     ],
 }
