@@ -17,7 +17,7 @@ spacy = pytest.importorskip("spacy")
 from spacy.tokens import Doc, DocBin  # noqa: E402
 from spacy.training import Example  # noqa: E402
 
-from torchlayers.spacy.biluo import is_valid  # noqa: E402
+from torchlayers.spacy.biluo import allowed_transitions, is_valid  # noqa: E402
 from torchlayers.spacy.ner import TorchEntityRecognizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "torch_ner"))
@@ -346,3 +346,17 @@ def test_component_reads_like_spacy_ner() -> None:
     nlp, _ = trained()
     assert isinstance(nlp.get_pipe("torch_ner"), TorchEntityRecognizer)
     assert nlp("").ents == () and isinstance(nlp("Paris"), Doc)
+
+
+def test_allowed_transitions_spell_biluo():
+    """N1: the BILUO constraint matrix of one type, row by row (from -> to)."""
+    allowed, start, end = allowed_transitions(1)  # O, B-X, I-X, L-X, U-X
+    assert allowed.astype(int).tolist() == [
+        [1, 1, 0, 0, 1],
+        [0, 0, 1, 1, 0],
+        [0, 0, 1, 1, 0],
+        [1, 1, 0, 0, 1],
+        [1, 1, 0, 0, 1],
+    ]
+    assert start.astype(int).tolist() == [1, 1, 0, 0, 1]
+    assert end.astype(int).tolist() == [1, 0, 0, 1, 1]
