@@ -159,6 +159,16 @@ def test_bad_labels_are_refused(label: Any) -> None:
     assert ner.labels == ()
 
 
+def test_set_output_takes_whole_types_only() -> None:
+    """N2, R9: set_output (spaCy's resize_output hook) takes 1 + 4 * types tags, else ValueError."""
+    ner = make_nlp().get_pipe("torch_ner")
+    ner.set_output(9)
+    assert ner.model.get_dim("nO") == 9
+    for bad in (6, 0, 9.0, True):
+        with pytest.raises(ValueError, match="n_tags must be 1 \\+ 4 \\* types"):
+            ner.set_output(bad)
+
+
 def test_initialize_without_gold_entities_is_a_clear_error() -> None:
     """N1: no gold entities and no labels: say so, no torch traceback."""
     nlp = make_nlp()

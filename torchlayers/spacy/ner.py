@@ -173,9 +173,11 @@ class TorchEntityRecognizer(TrainablePipe):
             known = numpy.nonzero(ids >= 0)[0]
             allowed[row, known, ids[ids >= 0]] = True
         crf = self.model.get_ref("crf")
-        loss, backprop = crf(ArgsKwargs(args=(emissions, allowed, mask), kwargs={}), is_train=True)
-        d_inputs = backprop(numpy.ones_like(loss))
-        d_emissions = d_inputs.args[0]
+        xp = self.model.ops.xp  # cupy on GPU
+        inputs = tuple(xp.asarray(a) for a in (emissions, allowed, mask))
+        loss, backprop = crf(ArgsKwargs(args=inputs, kwargs={}), is_train=True)
+        d_inputs = backprop(xp.ones_like(loss))
+        d_emissions = to_numpy(d_inputs.args[0])
         for row, i in enumerate(used):
             d_scores[i] = d_emissions[row, : len(arrays[i])]
         return float(loss), [self.model.ops.asarray2f(d) for d in d_scores]
