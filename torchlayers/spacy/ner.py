@@ -138,7 +138,8 @@ class TorchEntityRecognizer(TrainablePipe):
         """
         examples = list(examples)
         validate_examples(examples, f"{type(self).__name__}.get_loss")
-        gold = [self._gold_ids(eg) for eg in examples]
+        index = {tag: i for i, tag in enumerate(self.tags)}
+        gold = [self._gold_ids(eg, index) for eg in examples]
         ops = self.model.ops
         if self.model.has_ref("crf"):
             return self._crf_loss(scores, gold)
@@ -182,9 +183,8 @@ class TorchEntityRecognizer(TrainablePipe):
             d_scores[i] = d_emissions[row, : len(arrays[i])]
         return float(loss), [self.model.ops.asarray2f(d) for d in d_scores]
 
-    def _gold_ids(self, example: Example) -> numpy.ndarray:
+    def _gold_ids(self, example: Example, index: Dict[str, int]) -> numpy.ndarray:
         """Gold tag index per predicted token; -1 where the annotation is missing."""
-        index = {tag: i for i, tag in enumerate(self.tags)}
         ids = numpy.full((len(example.predicted),), -1, dtype="i")
         for i, tag in enumerate(example.get_aligned_ner()):
             if tag is None or tag == "-":
