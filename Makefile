@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # `torch`, a newer version) pulls a CUDA build of several GB.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint types unit properties docs-test bench docs clean
+.PHONY: demo demo-ner test lint types unit properties docs-test bench docs clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ $(VENV)/.docs: $(VENV)/.dev
 
 demo: $(VENV)/.base
 	$(PY) examples/spacy_demo/run.py
+
+# torch_ner: train, add an entity type, old entities kept; writes out/torch_ner/f1_per_type.png
+demo-ner: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[spacy,plots]'
+	$(PY) examples/torch_ner/run.py
 
 test: lint types unit properties docs-test
 

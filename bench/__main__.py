@@ -9,6 +9,7 @@ from . import (
     bench_calls,
     bench_loading,
     bench_resizable,
+    bench_torch_ner,
     bench_with_dropout,
     bench_with_torch,
 )
@@ -25,6 +26,7 @@ def main(argv: list) -> int:
     ok &= bench_averaged.main()
     ok &= bench_calls.main()
     ok &= bench_loading.main()
+    ok &= bench_torch_ner.main()
     return 0 if ok else 1
 
 

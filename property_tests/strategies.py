@@ -195,3 +195,47 @@ def saved_models(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray, Callable[[int],
     backprop(numpy.ones_like(Y))
     model.finish_update(Adam(0.01))
     return model, X, build
+# -- torch_ner: BILUO score matrices and CRF cases ----------------------------------------------
+
+
+def biluo_scores(
+    draw: st.DrawFn, max_labels: int = 3, max_len: int = 8, max_docs: int = 4
+) -> Tuple[int, List[numpy.ndarray]]:
+    """(n_labels, one (length, 1 + 4 * n_labels) float32 score matrix per doc); lengths 0-8,
+    scores anywhere in [-1e3, 1e3] (ties included: drawn from a few values or freely)."""
+    n_labels = draw(st.integers(0, max_labels))
+    n_tags = 1 + 4 * n_labels
+    lengths = draw(st.lists(st.integers(0, max_len), min_size=1, max_size=max_docs))
+    values = st.one_of(
+        st.sampled_from([-1.0, 0.0, 1.0]),
+        st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32),
+    )
+    docs = [
+        numpy.array(
+            draw(st.lists(values, min_size=n * n_tags, max_size=n * n_tags)), dtype="f"
+        ).reshape((n, n_tags))
+        for n in lengths
+    ]
+    return n_labels, docs
+
+
+def crf_cases(
+    draw: st.DrawFn,
+) -> Tuple[int, numpy.ndarray, numpy.ndarray, numpy.ndarray, List[int]]:
+    """(n_labels 1-2, transitions (n+2, n+2), emissions (docs, 4, n+1), gold masks, lengths 1-4):
+    unit-scale scores; each token's gold allows one tag or (missing annotation) all of them."""
+    n_labels = draw(st.integers(1, 2))
+    n_tags = 1 + 4 * n_labels
+    lengths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2))
+    rng = numpy.random.RandomState(draw(st.integers(0, 2**16)))
+    transitions = rng.uniform(-2, 2, (n_tags + 1, n_tags + 1)).astype("f")
+    emissions = rng.uniform(-3, 3, (len(lengths), 4, n_tags)).astype("f")
+    gold = numpy.ones((len(lengths), 4, n_tags), dtype=bool)
+    for doc, length in enumerate(lengths):
+        for t in range(length):
+            if draw(st.booleans()):  # annotated: only O or a U- tag keep every sequence valid
+                gold[doc, t] = False
+                gold[doc, t, draw(st.sampled_from([0] + [4 * k + 4 for k in range(n_labels)]))] = (
+                    True
+                )
+    return n_labels, transitions, emissions, gold, lengths

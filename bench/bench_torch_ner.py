@@ -1,0 +1,85 @@
+"""P8: torch_ner's decoding against its prediction, and its training speed against spaCy's ner.
+
+- Decoding (Viterbi over 41 BILUO tags: 10 types) of a batch of 1000 tokens (50 docs of 20)
+  against a whole prediction (the model's forward pass + decoding), with the component's
+  default model (HashEmbedCNN width 96, depth 4; torch MLP 64). Budget: <= 0.20x. Per-token
+  and with `transitions = true`.
+- Training words/s of `torch_ner` (both variants) against spaCy's `ner`, same tok2vec config,
+  same batches of the project's NER corpus: a ratio of words/s (no budget; > 1 is faster).
+"""
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import spacy
+from spacy.training import Example
+from thinc.api import Adam, fix_random_seed
+
+import torchlayers.spacy.ner  # noqa: F401  registers torch_ner
+
+from ._timing import medians, report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "torch_ner"))
+from corpus import LABELS, make_corpus  # noqa: E402
+
+TYPES = [f"TYPE{i}" for i in range(10)]
+DOCS, TOKENS = 50, 20
+WORDS = "the of Paris and a in Berlin to was Apple Mary said for on it with as by".split()
+
+
+def decoding_cases(transitions: bool) -> Dict[str, Callable[[], object]]:
+    """Prediction (forward + decode) and decoding alone, 10 types, 1000 tokens a batch."""
+    fix_random_seed(0)
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("torch_ner", config={"model": {"transitions": transitions}})
+    for label in TYPES:
+        ner.add_label(label)
+    docs = [
+        spacy.tokens.Doc(nlp.vocab, words=[WORDS[(i * 7 + j) % len(WORDS)] for j in range(TOKENS)])
+        for i in range(DOCS)
+    ]
+    nlp.initialize(lambda: [Example(doc, doc) for doc in docs[:4]])
+    scores = ner.model.predict(docs)
+    return {"predict": lambda: ner.predict(docs), "decode": lambda: ner.decode(scores)}
+
+
+def training_cases() -> Dict[str, Callable[[], object]]:
+    """One nlp.update on 32 sentences, per pipeline; the same tok2vec config for each."""
+    tok2vec = {
+        "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 96,
+        "depth": 4, "embed_size": 2000, "window_size": 1, "maxout_pieces": 3,
+        "subword_features": True,
+    }  # fmt: skip
+    data = make_corpus(LABELS, 32, seed=1)
+    cases: Dict[str, Callable[[], object]] = {}
+    for name, factory, model in (
+        ("ner", "ner", {"tok2vec": tok2vec}),
+        ("torch_ner", "torch_ner", {"tok2vec": tok2vec}),
+        ("torch_ner+crf", "torch_ner", {"tok2vec": tok2vec, "transitions": True}),
+    ):
+        fix_random_seed(0)
+        nlp = spacy.blank("en")
+        nlp.add_pipe(factory, config={"model": model})
+        egs: List[Any] = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in data]
+        nlp.initialize(lambda egs=egs: egs)
+        optimizer = Adam(0.001)
+        cases[name] = lambda nlp=nlp, egs=egs, opt=optimizer: nlp.update(egs, sgd=opt)
+    return cases
+
+
+def main() -> bool:
+    ok = True
+    for transitions in (False, True):
+        times = medians(decoding_cases(transitions), rounds=15, number=5)
+        label = "with transitions" if transitions else "per-token"
+        ok &= report(
+            f"P8 torch_ner decoding vs prediction ({label})",
+            times["decode"] / times["predict"],
+            0.20,
+        )
+    times = medians(training_cases(), rounds=9, number=2)
+    for name in ("torch_ner", "torch_ner+crf"):
+        ratio = times["ner"] / times[name]
+        print(f"{name} training words/s vs spaCy ner: {ratio:.2f}x (no budget; > 1 is faster)")
+    return ok
