@@ -198,6 +198,7 @@ def saved_models(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray, Callable[[int],
 # -- torch_ner: BILUO score matrices and CRF cases ----------------------------------------------
 
 
+@st.composite
 def biluo_scores(
     draw: st.DrawFn, max_labels: int = 3, max_len: int = 8, max_docs: int = 4
 ) -> Tuple[int, List[numpy.ndarray]]:
@@ -219,6 +220,7 @@ def biluo_scores(
     return n_labels, docs
 
 
+@st.composite
 def crf_cases(
     draw: st.DrawFn,
 ) -> Tuple[int, numpy.ndarray, numpy.ndarray, numpy.ndarray, List[int]]:

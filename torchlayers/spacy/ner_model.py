@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from thinc.api import Model, chain, with_array
 from thinc.types import Floats2d
 
+from .._loading import Layer
 from ..averaged import averaged
 from ..resizable import resizable, resize_input, resize_output
 from ..with_dropout import with_dropout
@@ -76,7 +77,7 @@ def build_torch_ner(
         layers.append(crf)
         refs["crf"] = crf  # what get_loss runs
         refs["transitions"] = transition_node  # whose transitions.weight decoding reads
-    model: Model[List[Any], List[Floats2d]] = Model(
+    model: Model[List[Any], List[Floats2d]] = Layer(  # loads only data it checked whole
         "torch_ner",
         forward,
         init=init,
