@@ -24,7 +24,7 @@ $(VENV)/.dev: $(VENV)/.base
 	touch $@
 
 $(VENV)/.docs: $(VENV)/.dev
-	$(PY) -m pip install -q -e '.[docs,spacy]'
+	$(PY) -m pip install -q -e '.[docs]'
 	touch $@
 
 demo: $(VENV)/.base

@@ -20,6 +20,8 @@ from spacy.cli.init_config import fill_config  # noqa: E402
 from spacy.util import load_config, load_model_from_config, registry  # noqa: E402
 from thinc.api import Config  # noqa: E402
 
+import torchlayers.spacy.callbacks  # noqa: E402, F401  (the spacy_callbacks entry point, installed)
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "spacy_demo"
 FENCE = re.compile(r"^```ini\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -101,5 +103,7 @@ def test_a_docs_config_fragment_builds_a_pipeline(where: str, text: str) -> None
     for name in fragment.get("components", {}):
         if name not in config["nlp"]["pipeline"]:
             config["nlp"]["pipeline"].append(name)
-    nlp = load_model_from_config(config.interpolate(), auto_fill=True, validate=True)
+    config = config.interpolate()
+    nlp = load_model_from_config(config, auto_fill=True, validate=True)
     assert set(fragment.get("components", {})) <= set(nlp.pipe_names), where
+    registry.resolve(config["initialize"], validate=True)  # its callbacks exist and fit

@@ -397,20 +397,26 @@ def test_pipeline_weights_load_back_into_a_pipeline(pipeline):
 
 
 def test_pretrained_weights_start_a_new_component(pipeline):
-    """C2, W4, W6: a new pipeline from the config, initialized, takes the file's torch weights
-    and trains on from them."""
+    """C1, C2, W4, W6: a new pipeline from the config with [initialize.after_init] =
+    torchlayers.load_safetensors.v1 starts from the file's torch weights and trains on."""
+    import torchlayers.spacy.callbacks  # noqa: F401  (the spacy_callbacks entry point, installed)
+
     nlp, train, root = pipeline
-    fresh = spacy.util.get_lang_class("en").from_config(nlp.config)
+    config = nlp.config.copy()
+    config["initialize"]["after_init"] = {
+        "@callbacks": "torchlayers.load_safetensors.v1",
+        "component": "textcat",
+        "path": str(root / "textcat.safetensors"),
+    }
+    fresh = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
     fresh.initialize(lambda: train)
     textcat = fresh.get_pipe("textcat")
-    load_safetensors(textcat, root / "textcat.safetensors")
     for path, module in torch_modules(nlp.get_pipe("textcat")).items():
         mine = torch_module(textcat, path).state_dict()
         assert all(torch.equal(mine[k], v) for k, v in module.state_dict().items()), path
     fresh.update(train, sgd=Adam(0.01))
-    assert not torch.equal(
-        torch_module(textcat, path).weight, module.state_dict()["weight"]
-    )  # trained on from the loaded weights
+    output = torch_module(textcat, path)
+    assert not torch.equal(output.weight, module.state_dict()["weight"])  # trained on from it
 
 
 def test_the_export_command_is_registered():
