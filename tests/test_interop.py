@@ -419,8 +419,20 @@ def test_pretrained_weights_start_a_new_component(pipeline):
     assert not torch.equal(output.weight, module.state_dict()["weight"])  # trained on from it
 
 
-def test_the_export_command_is_registered():
-    """C1: `python -m torchlayers export` dispatches to torchlayers.interop.main."""
+def test_the_export_command_exports_one_layer_averaged(pipeline, capsys):
+    """A2, W6: `export ... --name PATH --averaged` writes that layer's moving average with its
+    own state_dict keys; `python -m torchlayers` dispatches `export` to this command."""
     from torchlayers.__main__ import COMMANDS
 
     assert COMMANDS["export"][0] == "torchlayers.interop"
+    nlp, _, root = pipeline
+    out = root / "output_avg.safetensors"
+    assert main([str(root / "pipeline"), "textcat", str(out), "--name", "0/4/0", "--averaged"]) == 0
+    assert "wrote 2 tensors" in capsys.readouterr().out
+    loaded = spacy.load(root / "pipeline").get_pipe("textcat")
+    with use_averages(loaded.model):
+        expected = {k: v.clone() for k, v in torch_module(loaded, "0/4/0").state_dict().items()}
+    state = load_file(out)
+    assert state.keys() == expected.keys() == {"weight", "bias"}
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert not torch.equal(state["weight"], torch_module(loaded, "0/4/0").weight)

@@ -197,8 +197,11 @@ def main(argv: List[str]) -> int:
     nlp = spacy.load(args.pipeline)
     model = cast(Any, nlp.get_pipe(args.component)).model
     keys = save_safetensors(model, args.out, name=args.name, averaged=args.averaged)
-    for path, module in torch_modules(model).items():
-        print(f"{path or '(root)'}: {type(module).__name__}")
+    nodes = chosen_nodes(model, args.name)
+    for (prefix, node), path in zip(prefixed(nodes), nodes):
+        module = type(built_module(node)).__name__
+        keys_are = f"'{prefix}' + its state_dict keys" if prefix else "its state_dict keys"
+        print(f"{path or '(root)'}: {node.name}, a {module}; keys: {keys_are}")
     print(f"wrote {len(keys)} tensors to {args.out}")
     return 0
 
