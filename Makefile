@@ -2,21 +2,25 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Exactly this torch: the CPU build that this machine keeps on disk. Anything else (a bare
-# `torch`, a newer version) pulls a CUDA build of several GB.
-TORCH := torch==2.13.0
+# torch is installed first, on its own, so that you choose its build. The default pins the
+# release the tests were last run with; it is a pin for reproducible set-ups, not a requirement.
+# Which build pip picks depends on the index: on Linux the package index's torch is the CUDA
+# build (several GB with its nvidia-* wheels). For another build or version, name it:
+#   make demo TORCH='torch==X.Y.Z --index-url URL'   (URL: PyTorch's index for CPU or your CUDA)
+# or install torch into .venv yourself and pass TORCH= (empty) to skip this step.
+TORCH ?= torch==2.13.0
 
 .PHONY: demo demo-ner test lint types unit properties docs-test bench docs clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[spacy]'
+	$(if $(strip $(TORCH)),$(PY) -m pip install -q $(TORCH))
+	$(PY) -m pip install -q -e '.[spacy,plots]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PY) -m pip install -q -e '.[dev,spacy]'
+	$(PY) -m pip install -q -e '.[dev,spacy,plots]'
 	touch $@
 
 $(VENV)/.docs: $(VENV)/.dev

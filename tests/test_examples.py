@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -19,3 +21,32 @@ def test_quickstart_learns_the_spirals(capsys):
     accuracy = load("quickstart").main(epochs=8)
     assert accuracy > 0.9
     assert "averaged weights" in capsys.readouterr().out
+
+
+def test_demo_plot_is_a_png_with_labelled_axes(tmp_path):
+    """The spaCy demo draws its curves with matplotlib: a PNG, every panel with axis labels,
+    ticks and a legend."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    spec = importlib.util.spec_from_file_location("plots", EXAMPLES / "spacy_demo" / "plots.py")
+    assert spec is not None and spec.loader is not None
+    plots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plots)
+    steps = [
+        {"step": 10 * i, "losses": {"textcat": 2.0 / (i + 1)}, "score": i / 5} for i in range(5)
+    ]
+    curve = [{"epoch": e, "loss": 3.0 - e, "live": 0.5, "averages": 0.6} for e in range(1, 4)]
+    figures = []
+    real_close = plt.close
+    plt.close = figures.append  # keep the figure to look at it
+    try:
+        plots.plot_curves(tmp_path / "curves.png", steps, curve, "TRAVEL")
+    finally:
+        plt.close = real_close
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (figure,) = figures
+    for ax in figure.axes:
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
+        assert len(ax.get_xticks()) > 1 and len(ax.get_yticks()) > 1
+    real_close(figure)

@@ -9,7 +9,9 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 # command -> (module with a `main(argv) -> int`, one line of help)
-COMMANDS: Dict[str, Tuple[str, str]] = {}
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "export": ("torchlayers.interop", "write a pipeline component's torch weights as safetensors"),
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

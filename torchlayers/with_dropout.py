@@ -20,15 +20,29 @@ def with_dropout(
 ) -> Model[InT, OutT]:
     """Zero a fraction `rate` of `layer`'s outputs in training; scale the rest by 1/(1-rate).
 
-    rate: the drop rate, _not_ the keep rate, in [0, 1); default 0 (no dropout until the caller
-        sets one). Lives in attrs["dropout_rate"], so Thinc's set_dropout_rate, spaCy's
-        nlp.update(drop=...) and schedules change it; a bad value raises ValueError there too.
-    mode: "standard" draws a mask per unit. "variational" draws one mask per sequence, shared by
-        all its time steps: a (1, batch, nO) mask for Padded, a row per sequence for Ragged and
-        lists of arrays (axis 0 is time). A plain array has no sequences, so it gets "standard".
-    In/out: what `layer` takes and returns (array, Ragged, Padded, list of arrays).
-    Training: output * mask, and backprop multiplies dY by the same mask before `layer`'s own.
-    Prediction, or rate 0: `layer`'s own output object and backprop, untouched.
+    Registered as `torchlayers.with_dropout.v1`. Training: output * mask, and backprop
+    multiplies dY by the same mask before `layer`'s own. Prediction, or rate 0: `layer`'s own
+    output object and backprop, untouched.
+
+    Args:
+        layer: the layer whose output is dropped out.
+        rate: the drop rate, _not_ the keep rate, in [0, 1); default 0 (no dropout until the
+            caller sets one). Lives in `attrs["dropout_rate"]`, so Thinc's `set_dropout_rate`,
+            spaCy's `nlp.update(drop=...)` and schedules change it.
+        mode: `"standard"` draws a mask per unit. `"variational"` draws one mask per sequence,
+            shared by all its time steps: a `(1, batch, nO)` mask for `Padded`, a row per
+            sequence for `Ragged` and lists of arrays (axis 0 is time). A plain array has no
+            sequences, so it gets `"standard"`.
+
+    Returns:
+        A Model named `with_dropout(<layer's name>)` with `layer`'s dims.
+
+    Raises:
+        ValueError: `rate` outside [0, 1) (also when a bad rate is set later and the layer
+            runs), or an unknown `mode`.
+
+    Shape:
+        In and out: what `layer` takes and returns (array, `Ragged`, `Padded`, list of arrays).
     """
     check_rate("with_dropout", rate)
     if mode not in MODES:

@@ -1,4 +1,4 @@
-"""torchlayers in a spaCy pipeline, end to end, on CPU in well under a minute.
+"""torchlayers in a spaCy pipeline, end to end, on CPU.
 
 1. Writes a synthetic corpus (corpus.py) as .spacy files.
 2. Trains a `textcat` built from `torchlayers.TorchTextCat.v1` with `spacy train` (in process),
@@ -8,7 +8,10 @@
 4. Evaluates live weights, the optimizer's averages (`nlp.use_params(optimizer.averages)`) and
    torchlayers' EMA (`use_averages`).
 5. Saves, loads in a fresh Python process (`spacy.load`), checks the scores are identical.
-6. Prints a report; writes it, the training log and a plot (SVG) to out/spacy_demo/.
+6. Exports the textcat's torch weights (`python -m torchlayers export`) and loads the hidden MLP's
+   into a plain torch module with `load_state_dict`: same outputs.
+7. Prints a report; writes it, the training log and a plot (PNG, matplotlib) to
+   out/spacy_demo/.
 
 Run: `.venv/bin/python examples/spacy_demo/run.py` (from the repository root or anywhere).
 Exits non-zero if a check fails.
@@ -28,7 +31,11 @@ sys.path.insert(0, str(HERE))
 
 import functions  # noqa: E402  registers spacy_demo.TorchMLP.v1 and torchlayers' architecture
 import spacy  # noqa: E402
+import torch  # noqa: E402
 from corpus import LABELS, NEW_LABEL, make_corpus  # noqa: E402
+from plots import plot_curves  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from spacy.cli.train import train  # noqa: E402
 from spacy.language import Language  # noqa: E402
 from spacy.tokens import DocBin  # noqa: E402
@@ -36,6 +43,7 @@ from spacy.training import Example  # noqa: E402
 from thinc.api import fix_random_seed  # noqa: E402
 
 from torchlayers import use_averages  # noqa: E402
+from torchlayers.interop import torch_module  # noqa: E402
 
 DROPOUT = 0.2  # passed as --training.dropout (config.cfg says 0.1)
 PROBES = [
@@ -131,17 +139,44 @@ def main() -> None:
     there_cats = load_in_fresh_process(OUT / "final", texts)
     check(there_cats == here_cats, "the pipeline loaded in a fresh process scores differently")
 
-    # 6. report and plot
+    # 6. the torch weights out to plain PyTorch, with the package's command
+    export = [sys.executable, "-m", "torchlayers", "export", str(OUT / "final"), "textcat",
+              str(OUT / "textcat.safetensors"), "--code", str(HERE / "functions.py")]  # fmt: skip
+    subprocess.run(export, capture_output=True, text=True, check=True)
+    gap = plain_torch_gap(textcat, OUT / "textcat.safetensors")
+    check(gap < 1e-5, f"plain PyTorch with the exported weights differs by {gap}")
+
+    # 7. report and plot
     steps = [json.loads(line) for line in log_path.read_text().splitlines()]
-    write_svg(OUT / "curves.svg", steps, curve)
+    plot_curves(OUT / "curves.png", steps, curve, NEW_LABEL)
     lines = report(seen, acc_trained, acc_trained_ema, before, after, drift, curve, scores)
+    lines.append(
+        f"python -m torchlayers export: plain torch_mlp + load_state_dict matches the "
+        f"pipeline's module to {gap:.1e}"
+    )
     lines.append(
         f"spacy train: {train_time:.1f} s; whole demo: {time.perf_counter() - start:.1f} s"
     )
-    lines.append(f"files: {OUT}/ (model/, final/, train_log.jsonl, curves.svg, report.txt)")
+    files = "model/, final/, train_log.jsonl, textcat.safetensors, curves.png, report.txt"
+    lines.append(f"files: {OUT}/ ({files})")
     text = "\n".join(lines)
     (OUT / "report.txt").write_text(text + "\n")
     print("\n" + text)
+
+
+def plain_torch_gap(textcat, weights: Path) -> float:
+    """Load the hidden MLP's weights into a plain module from `functions.torch_mlp`; return the
+    largest difference of its outputs from the pipeline's module on the same input."""
+    with safe_open(str(weights), "pt") as f:  # the file names each module's path and node
+        paths = json.loads(f.metadata()["torchlayers.modules"])
+    path = next(p for p, name in paths.items() if name == "with_torch(Sequential)")
+    state = load_file(weights)
+    plain = functions.torch_mlp(nI=64, width=64, depth=2)  # as config.cfg builds it
+    plain.load_state_dict({k[len(path) + 1 :]: v for k, v in state.items() if k.startswith(path)})
+    X = torch.randn(8, 64)
+    with torch.no_grad():
+        ours = torch_module(textcat, path).eval()(X)
+        return float((plain.eval()(X) - ours).abs().max())
 
 
 def write_docbin(nlp: Language, pairs: Sequence[Tuple[str, str]], labels: List[str], path: Path):
@@ -203,43 +238,6 @@ def report(seen, acc_trained, acc_trained_ema, before, after, drift, curve, scor
         lines.append(f"  {name:<20} {all4:.3f} / {new:.3f}")
     lines.append("fresh-process spacy.load: identical scores on all probe and dev texts")
     return lines
-
-
-def write_svg(path: Path, steps: List[Dict], curve: List[Dict[str, float]]) -> None:
-    """Two panels drawn by hand: spacy train (loss, dev macro F by step), nlp.update by epoch."""
-    train_loss = [(s["step"], s["losses"]["textcat"]) for s in steps]
-    train_f = [(s["step"], s["score"]) for s in steps]
-    panels = [
-        ("spacy train (3 labels)", "step", [("loss", train_loss, "#d62728", True),
-                                            ("dev cats_macro_f", train_f, "#1f77b4", False)]),
-        (f"nlp.update + {NEW_LABEL}", "epoch", [
-            ("loss", [(r["epoch"], r["loss"]) for r in curve], "#d62728", True),
-            ("dev acc live", [(r["epoch"], r["live"]) for r in curve], "#1f77b4", False),
-            ("dev acc averages", [(r["epoch"], r["averages"]) for r in curve], "#2ca02c", False)]),
-    ]  # fmt: skip
-    width, height, pad = 420, 260, 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height}" '
-             'font-family="sans-serif" font-size="11">']  # fmt: skip
-    for p, (title, xlabel, series) in enumerate(panels):
-        x0 = p * width
-        parts.append(f'<text x="{x0 + pad}" y="16" font-size="13">{title}</text>')
-        parts.append(f'<rect x="{x0 + pad}" y="{pad}" width="{width - 2 * pad}" '
-                     f'height="{height - 2 * pad}" fill="none" stroke="#999"/>')  # fmt: skip
-        parts.append(f'<text x="{x0 + width / 2}" y="{height - 8}">{xlabel}</text>')
-        xs = [x for _, points, _, _ in series for x, _ in points] or [0, 1]
-        for k, (name, points, colour, scaled) in enumerate(series):
-            top = max((y for _, y in points), default=1.0) if scaled else 1.0
-            coords = " ".join(
-                f"{x0 + pad + (x - min(xs)) / max(max(xs) - min(xs), 1) * (width - 2 * pad):.1f},"
-                f"{height - pad - y / max(top, 1e-9) * (height - 2 * pad):.1f}"
-                for x, y in points
-            )
-            parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}"/>')
-            label = f"{name} (max {top:.2f})" if scaled else f"{name} (0-1)"
-            parts.append(f'<text x="{x0 + pad + 5}" y="{pad + 14 + 13 * k}" fill="{colour}">'
-                         f"{label}</text>")  # fmt: skip
-    parts.append("</svg>")
-    path.write_text("\n".join(parts) + "\n")
 
 
 if __name__ == "__main__":

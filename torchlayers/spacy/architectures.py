@@ -65,19 +65,36 @@ def build_torch_textcat(
 ) -> Model[List[Any], Floats2d]:
     """A text classifier for spaCy's textcat / textcat_multilabel using all four combinators.
 
-    tok2vec: a spaCy token-to-vector layer (docs -> one array per doc); its rows are averaged.
-    exclusive_classes: softmax over the labels (textcat; `softmax_scores`, trained as with
-        cross-entropy), or a sigmoid per label (textcat_multilabel). A label added after
-        training starts at probability ~0 (softmax, bias -16) or 0.5 (sigmoid, bias 0) and
-        leaves the old labels' scores unchanged.
-    hidden: the hidden layer, e.g. `with_torch` around a module from a function of yours
-        (see examples/spacy_demo). Default: `with_torch(torch_dropout=True)` around
-        Linear(nI, hidden_width) -> ReLU -> Dropout -> Linear(hidden_width, hidden_width) -> ReLU,
-        built at initialize once the input width is known.
-    dropout: the initial rate of `with_dropout` on the hidden layer's output (and of the default
-        module's own Dropout); `nlp.update(drop=...)` and `spacy train` set both.
-    max_decay: the `averaged` EMA's max decay; `torchlayers.use_averages(model)` swaps it in.
-    nO: the number of labels, if known; spaCy sets it from the labels.
+    Registered as `torchlayers.TorchTextCat.v1` (spaCy `architectures`). spaCy sets the output
+    size from the labels at `initialize` and calls `model.attrs["resize_output"]` at
+    `add_label`, also after training.
+
+    Args:
+        tok2vec: a spaCy token-to-vector layer (docs -> one array per doc); its rows are
+            averaged per doc.
+        exclusive_classes: `True`: softmax over the labels (`textcat`; `softmax_scores`, trained
+            as with cross-entropy). `False`: a sigmoid per label (`textcat_multilabel`). A label
+            added after training starts at probability ~0 (softmax, bias -16) or 0.5 (sigmoid,
+            bias 0) and leaves the old labels' scores unchanged.
+        hidden_width: the width of the default hidden MLP.
+        dropout: the initial rate of `with_dropout` on the hidden layer's output (and of the
+            default module's own `nn.Dropout`); `nlp.update(drop=...)` and `spacy train` set
+            both at every update.
+        hidden: the hidden layer, e.g. `with_torch` around a module from a function of yours
+            (see examples/spacy_demo). Default: `with_torch(torch_dropout=True)` around
+            Linear(nI, hidden_width) -> ReLU -> Dropout -> Linear -> ReLU, built at
+            `initialize` once the input width is known.
+        max_decay: the `averaged` EMA's maximum decay; `torchlayers.use_averages(model)` swaps
+            the average in.
+        nO: the number of labels, if known; spaCy sets it from the labels.
+
+    Returns:
+        `averaged(tok2vec >> list2ragged >> reduce_mean >> with_dropout(hidden) >>
+        resizable(with_torch(Linear)) >> softmax_scores or sigmoid)`, with
+        `attrs["resize_output"]` on the root.
+
+    Shape:
+        In: a list of docs. Out: `(n_docs, n_labels)` probabilities.
     """
     if hidden is None:
         hidden = default_hidden(hidden_width, dropout)
@@ -111,13 +128,30 @@ def build_torch_tagger(
 ) -> Model[List[Any], List[Floats2d]]:
     """A per-token tagger for spaCy's `tagger` using all four combinators.
 
-    tok2vec: a spaCy token-to-vector layer (docs -> one array of token rows per doc).
-    Out: one (n_tokens, n_tags) array of tag probabilities per doc, from `softmax_scores`:
-        spaCy's tagger loss hands it `scores - truths`, the logits' cross-entropy gradient.
-    hidden, hidden_width, dropout, max_decay: as for `torchlayers.TorchTextCat.v1`; `hidden`
-        runs on each token's row (the default: a torch MLP of width `hidden_width`).
-    nO: the number of tags, if known; spaCy's tagger sets it from the labels at initialize
-        (it passes one-hot gold rows as Y, and the output layer takes their width).
+    Registered as `torchlayers.TorchTagger.v1` (spaCy `architectures`).
+
+    Args:
+        tok2vec: a spaCy token-to-vector layer (docs -> one array of token rows per doc).
+        hidden_width: the width of the default hidden MLP.
+        dropout: as for `torchlayers.TorchTextCat.v1`: the initial rate, which
+            `nlp.update(drop=...)` sets.
+        hidden: the layer run on each token's row (default: a torch MLP of width
+            `hidden_width`). It sees the tokens of every doc of the batch stacked in one
+            array, so it must not mix rows: a sequence module here (a `TransformerEncoder`)
+            would attend across docs. Put context in `tok2vec` instead.
+        max_decay: the `averaged` EMA's maximum decay.
+        nO: the number of tags, if known; spaCy's tagger sets it from the labels at
+            `initialize` (it passes one-hot gold rows as Y, and the output layer takes their
+            width).
+
+    Returns:
+        `averaged(tok2vec >> with_array(with_dropout(hidden) >> resizable(with_torch(Linear))
+        >> softmax_scores))`, with `attrs["resize_output"]` on the root.
+
+    Shape:
+        In: a list of docs. Out: one `(n_tokens, n_tags)` array of tag probabilities per doc,
+        from `softmax_scores`: spaCy's tagger loss hands it `scores - truths`, the logits'
+        cross-entropy gradient.
 
     Adding a tag to a trained tagger: spaCy 3.8's `Tagger.add_label` only appends the label
     (`_allow_extra_label` lets it through because the root carries attrs["resize_output"]);
@@ -147,7 +181,16 @@ def build_torch_tagger(
 
 
 def default_hidden(width: int, dropout: float) -> Model[Floats2d, Floats2d]:
-    """The default hidden layer: `MLPFactory` in `with_torch`, its Dropout at the caller's rate."""
+    """Return the default hidden layer: `MLPFactory` in `with_torch`, its Dropout at the caller's
+    rate.
+
+    Args:
+        width: the MLP's width (its `nO`).
+        dropout: the initial rate of its `nn.Dropout`, in `attrs["dropout_rate"]`.
+
+    Returns:
+        `with_torch(MLPFactory(width, dropout), torch_dropout=True)`, built at `initialize`.
+    """
     hidden: Model[Floats2d, Floats2d] = with_torch(MLPFactory(width, dropout), torch_dropout=True)
     hidden.set_dim("nO", width)  # else chain's init would give it the labels' width
     hidden.attrs["dropout_rate"] = dropout
@@ -158,11 +201,18 @@ def default_hidden(width: int, dropout: float) -> Model[Floats2d, Floats2d]:
 def softmax_scores() -> Model[Floats2d, Floats2d]:
     """Softmax whose backprop takes `dY` as the gradient of the logits, as Thinc's `Softmax`.
 
-    spaCy's textcat sends `dY = scores - truths`: the logit gradient of cross-entropy. Thinc's
-    `softmax_activation` multiplies it by softmax's Jacobian instead (the gradient of the squared
-    error), which vanishes for a saturated or brand-new class: a label added after training,
-    starting at probability ~e^-16, would not learn. Use it only as the last layer, before a loss
-    of that form (spaCy's textcat; `CategoricalCrossentropy`'s `d_scores`).
+    Registered as `torchlayers.softmax_scores.v1` (Thinc `layers`). spaCy's textcat sends
+    `dY = scores - truths`: the logit gradient of cross-entropy. Thinc's `softmax_activation`
+    multiplies it by softmax's Jacobian instead (the gradient of the squared error), which
+    vanishes for a saturated or brand-new class: a label added after training, starting at
+    probability ~e^-16, would not learn. Use it only as the last layer, before a loss of that
+    form (spaCy's textcat; `CategoricalCrossentropy`'s `d_scores`).
+
+    Returns:
+        A layer without parameters: `softmax(X)` forward, `dY` unchanged backward.
+
+    Shape:
+        In: `(n, n_classes)` logits. Out: `(n, n_classes)` probabilities, rows summing to 1.
     """
     return Model("softmax_scores", softmax_scores_forward)
 
@@ -177,7 +227,15 @@ def softmax_scores_forward(
 
 
 class MLPFactory:
-    """`(nI, nO) -> nn.Module`: the default hidden MLP, built at initialize with the dims."""
+    """`(nI, nO) -> nn.Module`: the default hidden MLP, built at initialize with the dims.
+
+    Args:
+        width: the hidden width, used when `nO` is not set.
+        dropout: the `nn.Dropout` rate it is built with.
+
+    Calling it with `(nI, nO)` returns Linear(nI, w) -> ReLU -> Dropout -> Linear(w, w) -> ReLU,
+    with `w = nO` if given, else `width`; `nI=None` raises `ValueError`.
+    """
 
     __name__ = "torch_mlp"  # with_torch names the node after it: with_torch(torch_mlp)
 
@@ -199,14 +257,25 @@ class MLPFactory:
 
 
 def output_linear(nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
-    """The output layer's factory: one unit per label, built once spaCy has set nO."""
+    """Build the output layer: one unit per label, once spaCy has set nO.
+
+    Args:
+        nI: the input width (the hidden layer's).
+        nO: the number of labels.
+
+    Returns:
+        `nn.Linear(nI, nO)`.
+
+    Raises:
+        ValueError: `nI` or `nO` is not known yet.
+    """
     if nI is None or nO is None:
         raise ValueError(f"output_linear: need nI and nO to build, got nI={nI}, nO={nO}")
     return torch.nn.Linear(nI, nO)
 
 
 def register_architectures() -> None:
-    """Put the architectures in spaCy's registry; without spaCy, do nothing."""
+    """Put the architectures in spaCy's `architectures` registry; without spaCy, do nothing."""
     try:  # spaCy is an optional dependency
         from spacy.util import registry as spacy_registry
     except ImportError:  # pragma: no cover - the test environment has spaCy
