@@ -32,7 +32,6 @@ demo: $(VENV)/.base
 
 # torch_ner: train, add an entity type, old entities kept; writes out/torch_ner/f1_per_type.png
 demo-ner: $(VENV)/.base
-	$(PY) -m pip install -q -e '.[spacy,plots]'
 	$(PY) examples/torch_ner/run.py
 
 test: lint types unit properties docs-test
