@@ -9,7 +9,9 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 # command -> (module with a `main(argv) -> int`, one line of help)
-COMMANDS: Dict[str, Tuple[str, str]] = {}
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "train": ("torchlayers.spacy.train", "spacy train on N processes (launch with torchrun)"),
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -14,6 +14,7 @@ that died or hangs makes the others raise `RuntimeError` once the group's timeou
 import hashlib
 from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
+import torch
 import torch.distributed as dist
 from thinc.api import Model, Optimizer, registry
 
@@ -22,6 +23,7 @@ from ._collectives import (
     broadcast_arrays,
     digest,
     gather_bytes,
+    group_device,
     param_slots,
 )
 from ._collectives import sum_gradients as sum_slots
@@ -41,6 +43,7 @@ __all__ = [
     "check_weights_match",
     "check_same_setup",
     "rank_and_world_size",
+    "all_ranks_agree",
     "ReduceStats",
 ]
 
@@ -201,6 +204,13 @@ def rank_and_world_size(group: Optional[Any] = None) -> Tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def all_ranks_agree(flag: bool, group: Optional[Any] = None) -> bool:
+    """True if `flag` is true on every rank (one all-reduce of one byte)."""
+    value = torch.tensor([int(flag)], dtype=torch.int8, device=group_device(group))
+    collective("agree to take another step", dist.all_reduce, value, dist.ReduceOp.MIN, group)
+    return bool(value.item())
 
 
 def collective(what: str, fn: Callable, *args: Any) -> Any:
