@@ -29,6 +29,7 @@ from ._collectives import (
 from ._collectives import sum_gradients as sum_slots
 from ._convert import to_array
 from ._thinc import NodeShim
+from .averaged import use_averages
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -159,7 +160,12 @@ def check_weights_match(models: Models, group: Optional[Any] = None) -> None:
     """Raise RuntimeError naming the ranks and parameters that differ from rank 0's, bit for bit.
 
     One all-gather of 8 bytes per parameter: cheap enough to run every few hundred steps.
+    `averaged` nodes fold in their pending step first (entering `use_averages` does; rank 0
+    may have done so already, to save a checkpoint).
     """
+    for model in as_list(models):
+        with use_averages(model):
+            pass
     slots = param_slots(as_list(models))
     mine = b"".join(digest(node.get_param(name)) for node, name in slots)
     ranks = gather_bytes(mine, group, collective)
@@ -168,7 +174,7 @@ def check_weights_match(models: Models, group: Optional[Any] = None) -> None:
         return
     first = ranks[differ[0]]
     names = [
-        f"{node.name}.{name}"
+        f"{short(node.name)}.{name}"
         for i, (node, name) in enumerate(slots)
         if first[8 * i : 8 * i + 8] != ranks[0][8 * i : 8 * i + 8]
     ]
@@ -238,6 +244,11 @@ def torch_modules(models: Sequence[Model]) -> List[Any]:
             if module is not None and "with_torch" in node.attrs:
                 found[id(module)] = module
     return list(found.values())
+
+
+def short(name: str, size: int = 48) -> str:
+    """A node name cut to `size` characters: spaCy's are whole model descriptions."""
+    return name if len(name) <= size else name[: size - 3] + "..."
 
 
 def sha(text: str) -> bytes:
