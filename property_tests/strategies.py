@@ -152,3 +152,15 @@ def averaged_resizable_layers(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray]:
         model = resizable(averaged(layer.layers[0], max_decay=max_decay), fill=layer.attrs["fill"])
     model.initialize(X=X)
     return model, X
+
+
+@st.composite
+def gradient_arrays(draw: st.DrawFn) -> List[numpy.ndarray]:
+    """1-8 arrays of 0-3 dims (sizes 1-8 each), float32 or float64 mixed, seeded values."""
+    arrays = []
+    for _ in range(draw(SIZES)):
+        shape = tuple(draw(st.lists(SIZES, max_size=3)))
+        dtype = draw(st.sampled_from(["float32", "float64"]))
+        seed = draw(st.integers(0, 2**16))
+        arrays.append(numpy.random.default_rng(seed).standard_normal(shape).astype(dtype))
+    return arrays
