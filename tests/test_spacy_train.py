@@ -19,6 +19,7 @@ import pytest
 import torch.distributed as dist
 
 spacy = pytest.importorskip("spacy")
+from spacy.cli._util import import_code  # noqa: E402
 from spacy.cli.init_config import fill_config  # noqa: E402
 from spacy.tokens import Doc, DocBin  # noqa: E402
 
@@ -144,6 +145,17 @@ cats_score = 0.5
 
 [initialize]
 """
+EXIT_RANK_1 = """
+import os
+from spacy.util import registry
+
+@registry.callbacks("tests.exit_rank_1_at_step_3.v1")
+def exit_rank_1_at_step_3():
+    def before_update(nlp, info):
+        if os.environ.get("RANK") == "1" and info["step"] == 3:
+            os._exit(3)
+    return before_update
+"""
 TRAIN = ["-m", "torchlayers", "train"]
 PARAMS = """
 import sys, numpy, spacy
@@ -175,12 +187,18 @@ def setup(tmp_path_factory) -> Dict[str, Path]:
     write_corpus(root / "train.spacy")
     (root / "base.cfg").write_text(CONFIG)
     fill_config(root / "config.cfg", root / "base.cfg", silent=True)  # spacy init fill-config
-    return {"root": root, "config": root / "config.cfg", "data": root / "train.spacy"}
+    (root / "exit.py").write_text(EXIT_RANK_1)
+    import_code(root / "exit.py")
+    dying = CONFIG + '[training.before_update]\n@callbacks = "tests.exit_rank_1_at_step_3.v1"\n'
+    (root / "dying_base.cfg").write_text(dying)
+    fill_config(root / "dying.cfg", root / "dying_base.cfg", silent=True)
+    return {"root": root, "config": root / "config.cfg", "data": root / "train.spacy",
+            "dying": root / "dying.cfg", "code": root / "exit.py"}  # fmt: skip
 
 
-def command(setup: Dict[str, Path], output: Path, *extra: str) -> List[str]:
+def command(setup: Dict[str, Path], output: Path, *extra: str, config: str = "config") -> List[str]:
     data = str(setup["data"])
-    return [*TRAIN, str(setup["config"]), "--output", str(output), "--check-every", "1",
+    return [*TRAIN, str(setup[config]), "--output", str(output), "--check-every", "1",
             "--timeout", "60", "--paths.train", data, "--paths.dev", data, *extra]  # fmt: skip
 
 
@@ -230,6 +248,21 @@ def test_mismatched_config_is_refused_at_start(setup) -> None:
         assert r.returncode == 1, r.stderr
         assert "the config of rank(s) [1] differs from rank 0's" in r.stderr
     assert not (output / "model-last").exists()
+
+
+def test_dead_rank_stops_the_command_with_a_clear_error(setup) -> None:
+    """M3: rank 1 exits before step 3; rank 0 stops with an error naming the failed call (the
+    test kills both at 50 s, before the group's 60 s timeout: only a prompt error passes),
+    saves nothing after it, and model-last from the step-2 evaluation is whole, with no
+    temp directory beside it."""
+    output = setup["root"] / "dying"
+    argv = command(setup, output, "--code", str(setup["code"]), config="dying")
+    ranks = run_ranks([argv, argv], timeout=50)
+    assert ranks[1].returncode == 3
+    assert ranks[0].returncode == 1, ranks[0].stderr
+    assert "torchlayers train: rank 0: data-parallel: rank 0 of 2 could not" in ranks[0].stderr
+    assert sorted(p.name for p in output.iterdir()) == ["model-best", "model-last"]
+    assert spacy.load(output / "model-last").pipe_names == ["tok2vec", "tagger", "textcat"]
 
 
 def test_replace_dir_never_leaves_a_half_written_directory(tmp_path: Path) -> None:
