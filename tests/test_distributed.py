@@ -7,7 +7,14 @@ from thinc.api import Adam
 
 from tests.distributed_worker import STEPS, TIMEOUT_S, concatenated, mixed_model, params, step
 from tests.processes import run_ranks
-from torchlayers.distributed import data_parallel
+from torchlayers.distributed import (
+    all_ranks_agree,
+    broadcast_weights,
+    check_same_setup,
+    check_weights_match,
+    data_parallel,
+    sum_gradients,
+)
 
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="needs gloo")
 WORKER = ["-m", "tests.distributed_worker"]
@@ -31,10 +38,10 @@ def trained(tmp_path_factory):
 def test_two_ranks_take_the_concatenated_batch_step(trained):
     """M1: 2 ranks with different batches (one rank without any at a step) take the steps one
     process takes on both batches concatenated: Thinc's Relu/Linear and with_torch, Adam."""
-    single = data_parallel(mixed_model(seed=0))  # world size 1: the sum is the identity
+    single = data_parallel(mixed_model(seed=0))  # no process group here: the sum does nothing
     opt = Adam(0.01)
     for i in range(STEPS):
-        step(single.layers[0], concatenated(i, world=2), opt)
+        step(single, concatenated(i, world=2), opt)
     expected = params(single)
     for got, _ in trained:
         assert len(got.files) == len(expected)
@@ -73,3 +80,36 @@ def test_hung_rank_stops_the_other_within_the_timeout(tmp_path):
     assert results[0].returncode not in (0, -999), results[0].stderr
     assert "did not answer within the process group's timeout" in results[0].stderr
     assert results[0].seconds < TIMEOUT_S + 30  # start-up (imports) + the timeout, not 60 s
+
+
+def test_without_a_process_group_nothing_is_summed():
+    """M1: with no process group a data_parallel model trains exactly as its layer alone, and
+    the helpers do nothing (one process: nothing to sum or compare)."""
+    assert not dist.is_initialized()
+    wrapped, bare = data_parallel(mixed_model(seed=0)), mixed_model(seed=0)
+    opt_wrapped, opt_bare = Adam(0.01), Adam(0.01)
+    for i in range(2):
+        step(wrapped, concatenated(i, world=2), opt_wrapped)
+        step(bare, concatenated(i, world=2), opt_bare)
+    for a, b in zip(params(wrapped), params(bare)):
+        numpy.testing.assert_array_equal(a, b)
+    assert sum_gradients(wrapped).calls == 0
+    assert broadcast_weights(wrapped) is None and check_weights_match(wrapped) is None
+    assert check_same_setup(wrapped, "any") is None and all_ranks_agree(False) is False
+
+
+def test_data_parallel_saves_its_layer_and_copies():
+    """M1, W6, W9: a data_parallel model round-trips through bytes into a fresh one and
+    copies; bad bucket sizes and foreign shim bytes are refused."""
+    model = data_parallel(mixed_model(seed=0), bucket_mb=1.0)
+    loaded = data_parallel(mixed_model(seed=1), bucket_mb=1.0).from_bytes(model.to_bytes())
+    for a, b in zip(params(loaded), params(model)):
+        numpy.testing.assert_array_equal(a, b)
+    copy = model.copy()
+    step(copy, concatenated(0, world=2), Adam(0.01))
+    assert copy.attrs["bucket_mb"] == 1.0
+    assert any(not numpy.array_equal(a, b) for a, b in zip(params(copy), params(model)))
+    with pytest.raises(ValueError, match="bucket_mb > 0"):
+        data_parallel(mixed_model(seed=0), bucket_mb=0)
+    with pytest.raises(ValueError, match="expected the header"):
+        model.shims[0].from_bytes(b"not ours")

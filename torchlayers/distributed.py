@@ -6,7 +6,9 @@ each shim's `finish_update` before the optimizer steps any parameter (root first
 `data_parallel` node's shim sums there. spaCy steps each component separately, so
 `torchlayers.spacy.train` calls `sum_gradients` itself, once per step, over all components.
 
-Every function here is collective: each rank of the group calls it, in the same order. A rank
+Every function here is collective: each rank of the group calls it, in the same order. Where
+torch.distributed is not initialized they do nothing (one process: nothing to sum), so a model
+with a `data_parallel` node also trains, and loads, in a plain single process. A rank
 that died or hangs makes the others raise `RuntimeError` once the group's timeout
 (`init_process_group(timeout=...)`) has passed, instead of waiting for ever.
 """
@@ -138,6 +140,8 @@ def sum_gradients(
     zero gradient on the others first, so all ranks step the same params. Returns the calls
     and bytes it moved.
     """
+    if not initialized():
+        return ReduceStats()
     slots = param_slots(as_list(models))
     return sum_slots(slots, group, int(bucket_mb * MB), collective)
 
@@ -150,6 +154,8 @@ def broadcast_weights(
     Also the buffers of with_torch modules (e.g. BatchNorm statistics), which are not Thinc
     params. Afterwards they drift per rank (each sees its own batches): rank 0's are saved.
     """
+    if not initialized():
+        return
     arrays = [node.get_param(name) for node, name in param_slots(as_list(models))]
     broadcast_arrays(arrays, src, group, int(bucket_mb * MB), collective)
     buffers = [to_array(b) for m in torch_modules(as_list(models)) for b in m.buffers()]
@@ -163,6 +169,8 @@ def check_weights_match(models: Models, group: Optional[Any] = None) -> None:
     `averaged` nodes fold in their pending step first (entering `use_averages` does; rank 0
     may have done so already, to save a checkpoint).
     """
+    if not initialized():
+        return
     for model in as_list(models):
         with use_averages(model):
             pass
@@ -190,6 +198,8 @@ def check_same_setup(models: Models, config: str = "", group: Optional[Any] = No
 
     Raises ValueError (on every rank) naming the ranks that differ and what differs.
     """
+    if not initialized():
+        return
     layout = "\n".join(
         f"{node.name} {name} {tuple(node.get_param(name).shape)} {node.get_param(name).dtype}"
         for node, name in param_slots(as_list(models))
@@ -207,13 +217,19 @@ def check_same_setup(models: Models, config: str = "", group: Optional[Any] = No
 
 def rank_and_world_size(group: Optional[Any] = None) -> Tuple[int, int]:
     """(rank, world size) in `group`; (0, 1) where torch.distributed is not initialized."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not initialized():
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_ranks_agree(flag: bool, group: Optional[Any] = None) -> bool:
     """True if `flag` is true on every rank (one all-reduce of one byte)."""
+    if not initialized():
+        return flag
     value = torch.tensor([int(flag)], dtype=torch.int8, device=group_device(group))
     collective("agree to take another step", dist.all_reduce, value, dist.ReduceOp.MIN, group)
     return bool(value.item())
