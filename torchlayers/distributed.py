@@ -4,7 +4,7 @@ Thinc owns every parameter and gradient as an array (with_torch's torch tensors 
 one bucketed all-reduce over the arrays reaches Thinc's layers and torch's alike. Thinc calls
 each shim's `finish_update` before the optimizer steps any parameter (root first): the
 `data_parallel` node's shim sums there. spaCy steps each component separately, so
-`torchlayers.spacy.train` calls `sum_gradients` itself, once per step, over all components.
+`torchlayers.spacy.loop` calls `sum_gradients` itself, once per step, over all components.
 
 Every function here is collective: each rank of the group calls it, in the same order. Where
 torch.distributed is not initialized they do nothing (one process: nothing to sum), so a model
@@ -175,6 +175,8 @@ def check_weights_match(models: Models, group: Optional[Any] = None) -> None:
         with use_averages(model):
             pass
     slots = param_slots(as_list(models))
+    if not slots:
+        return
     mine = b"".join(digest(node.get_param(name)) for node, name in slots)
     ranks = gather_bytes(mine, group, collective)
     differ = [r for r, theirs in enumerate(ranks) if theirs != ranks[0]]
