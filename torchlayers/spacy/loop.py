@@ -45,6 +45,7 @@ from ..distributed import (
     rank_and_world_size,
     sum_gradients,
 )
+from .corpus import ShardedCorpus
 
 SUM_NAME = "torchlayers_sum_gradients"
 
@@ -68,6 +69,12 @@ def train(
         fix_random_seed(config["training"]["seed"] + rank)
     T = registry.resolve(config["training"], schema=ConfigSchemaTraining)
     train_corpus, dev_corpus = resolve_dot_names(config, [T["train_corpus"], T["dev_corpus"]])
+    if world > 1 and rank == 0 and not isinstance(train_corpus, ShardedCorpus):
+        print(
+            f"torchlayers train: warning: [{T['train_corpus']}] is not a "
+            "torchlayers.ShardedCorpus.v1 reader: every rank reads the whole corpus",
+            file=stderr,
+        )
     optimizer: Optimizer = T["optimizer"]
     before_to_disk = create_before_to_disk_callback(T["before_to_disk"])
     frozen = T["frozen_components"]
