@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, overrides: dict, world: int) -> int:
     try:
         rank, _ = rank_and_world_size()
         if world > 1:
-            if not args.gpu:  # names the ranks that never arrived (gloo only)
+            if not args.gpu:  # names a rank that joined but does not answer (gloo only)
                 dist.monitored_barrier(timeout=datetime.timedelta(seconds=args.timeout))
             models = trainable_models(nlp, nlp.config["training"]["frozen_components"])
             check_same_setup(models, config.to_str())
