@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Dict, List
 
-ROUNDS, STEPS = 7, 4
-DOCS, MIN_LEN, MAX_LEN = 512, 10, 30
+ROUNDS, STEPS = 7, 3
+DOCS, MIN_LEN, MAX_LEN = 1024, 10, 30
 WIDTH, HIDDEN, CLASSES = 64, 1024, 8
 
 
