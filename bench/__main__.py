@@ -7,6 +7,7 @@ import torch
 from . import (
     bench_averaged,
     bench_calls,
+    bench_distributed,
     bench_loading,
     bench_resizable,
     bench_torch_ner,
@@ -27,6 +28,7 @@ def main(argv: list) -> int:
     ok &= bench_calls.main()
     ok &= bench_loading.main()
     ok &= bench_torch_ner.main()
+    ok &= bench_distributed.main()
     return 0 if ok else 1
 
 

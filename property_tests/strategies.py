@@ -195,6 +195,8 @@ def saved_models(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray, Callable[[int],
     backprop(numpy.ones_like(Y))
     model.finish_update(Adam(0.01))
     return model, X, build
+
+
 # -- torch_ner: BILUO score matrices and CRF cases ----------------------------------------------
 
 
@@ -241,3 +243,15 @@ def crf_cases(
                     True
                 )
     return n_labels, transitions, emissions, gold, lengths
+
+
+@st.composite
+def gradient_arrays(draw: st.DrawFn) -> List[numpy.ndarray]:
+    """1-8 arrays of 0-3 dims (sizes 1-8 each), float32 or float64 mixed, seeded values."""
+    arrays = []
+    for _ in range(draw(SIZES)):
+        shape = tuple(draw(st.lists(SIZES, max_size=3)))
+        dtype = draw(st.sampled_from(["float32", "float64"]))
+        seed = draw(st.integers(0, 2**16))
+        arrays.append(numpy.random.default_rng(seed).standard_normal(shape).astype(dtype))
+    return arrays
