@@ -59,8 +59,14 @@ def build_torch_encoder(
     layer: Model[Padded, Floats3d] = with_torch(module, torch_dropout=torch_dropout)
     if torch_dropout and dropout is not None:
         layer.attrs["dropout_rate"] = dropout
+    known = layer.maybe_get_dim("nO")  # a ready module's last Linear
+    if width is not None and known is not None and known != width:
+        raise ValueError(
+            f"with_padding({layer.name}): width={width}, but the module's last Linear "
+            f"gives {known} outputs"
+        )
     if width is not None:
-        layer.set_dim("nO", width, force=True)
+        layer.set_dim("nO", width)
     return with_padding(layer)
 
 
