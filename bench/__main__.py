@@ -4,7 +4,13 @@ import sys
 
 import torch
 
-from . import bench_averaged, bench_resizable, bench_with_dropout, bench_with_torch
+from . import (
+    bench_averaged,
+    bench_encoders,
+    bench_resizable,
+    bench_with_dropout,
+    bench_with_torch,
+)
 
 
 def main(argv: list) -> int:
@@ -16,6 +22,7 @@ def main(argv: list) -> int:
     ok &= bench_with_dropout.main()
     ok &= bench_resizable.main()
     ok &= bench_averaged.main()
+    ok &= bench_encoders.main()
     return 0 if ok else 1
 
 
