@@ -152,3 +152,12 @@ def averaged_resizable_layers(draw: st.DrawFn) -> Tuple[Model, numpy.ndarray]:
         model = resizable(averaged(layer.layers[0], max_decay=max_decay), fill=layer.attrs["fill"])
     model.initialize(X=X)
     return model, X
+
+
+@st.composite
+def doc_batches(draw: st.DrawFn, width: int = 4) -> List[numpy.ndarray]:
+    """1-6 docs of 0-12 rows each, `width` unit-scale floats a row (empty docs anywhere)."""
+    lengths = draw(st.lists(st.integers(0, 12), min_size=1, max_size=6))
+    seed = draw(st.integers(0, 2**16))
+    rng = numpy.random.default_rng(seed)
+    return [rng.uniform(-1, 1, (n, width)).astype("float32") for n in lengths]
