@@ -40,3 +40,18 @@ def test_encoder_on_gpu_matches_cpu(build) -> None:
     dXs = backprop([cupy.ones_like(y) for y in Ys])
     assert [dx.shape for dx in dXs] == [x.shape for x in docs]
     model.finish_update(Adam(0.01))
+
+
+@pytest.mark.parametrize("build", [build_torch_bilstm_encoder, build_torch_transformer_encoder])
+def test_encoder_mixed_precision(build) -> None:
+    """E4, W8: mixed_precision=True trains on CUDA under autocast; spaCy sees float32 rows."""
+    rng = numpy.random.default_rng(0)
+    docs = [cupy.asarray(rng.uniform(-1, 1, (n, 6)).astype("float32")) for n in (3, 5)]
+    model = build(8, mixed_precision=True)
+    model.to_gpu(0)
+    model.initialize(X=docs)
+    Ys, backprop = model(docs, is_train=True)
+    assert {y.dtype for y in Ys} == {numpy.dtype("float32")}
+    dXs = backprop([cupy.ones_like(y) for y in Ys])
+    assert {dx.dtype for dx in dXs} == {numpy.dtype("float32")}
+    model.finish_update(Adam(0.01))

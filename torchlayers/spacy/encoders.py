@@ -43,6 +43,7 @@ def build_torch_encoder(
     width: Optional[int] = None,
     torch_dropout: bool = False,
     dropout: Optional[float] = None,
+    mixed_precision: bool = False,
 ) -> Encoder:
     """A spaCy encoder (`List[Floats2d] -> List[Floats2d]`) around a torch module of yours.
 
@@ -55,8 +56,12 @@ def build_torch_encoder(
         module is ready and its last `nn.Linear` says it.
     torch_dropout: hand the module's own `nn.Dropout` submodules the caller's rate in training
         (`nlp.update(drop=...)`, `[training] dropout`); `dropout` is the rate until then.
+    mixed_precision: on CUDA, run the module under `torch.autocast` with loss scaling (as
+        `with_torch`); spaCy still sees float32 rows.
     """
-    layer: Model[Padded, Floats3d] = with_torch(module, torch_dropout=torch_dropout)
+    layer: Model[Padded, Floats3d] = with_torch(
+        module, torch_dropout=torch_dropout, mixed_precision=mixed_precision
+    )
     if torch_dropout and dropout is not None:
         layer.attrs["dropout_rate"] = dropout
     known = layer.maybe_get_dim("nO")  # a ready module's last Linear
@@ -70,28 +75,28 @@ def build_torch_encoder(
     return with_padding(layer)
 
 
-def build_torch_bilstm_encoder(width: int, depth: int = 1, dropout: float = 0.0) -> Encoder:
+def build_torch_bilstm_encoder(
+    width: int, depth: int = 1, dropout: float = 0.0, mixed_precision: bool = False
+) -> Encoder:
     """A bidirectional LSTM encoder: `depth` layers, `width // 2` units each way (width even).
 
     A doc's outputs do not depend on its batch-mates (Thinc's `PyTorchLSTM` reads the padding).
     dropout: on each layer's input, at the caller's rate once training sets one.
     """
     BiLSTM(1, width, depth, dropout)  # check the arguments now, not at initialize
-    return build_torch_encoder(
-        BiLSTMFactory(width, depth, dropout), width, torch_dropout=True, dropout=dropout
-    )
+    factory = BiLSTMFactory(width, depth, dropout)
+    return build_torch_encoder(factory, width, True, dropout, mixed_precision)
 
 
 def build_torch_transformer_encoder(
-    width: int, depth: int = 2, heads: int = 4, dropout: float = 0.0
+    width: int, depth: int = 2, heads: int = 4, dropout: float = 0.0, mixed_precision: bool = False
 ) -> Encoder:
     """A Transformer encoder: projection to `width`, sinusoidal positions, `depth` layers of
     `heads` heads, padded keys masked. dropout: every `nn.Dropout` inside, at the caller's rate
     once training sets one."""
     Transformer(1, width, depth, heads, dropout)  # check the arguments now
-    return build_torch_encoder(
-        TransformerFactory(width, depth, heads, dropout), width, torch_dropout=True, dropout=dropout
-    )
+    factory = TransformerFactory(width, depth, heads, dropout)
+    return build_torch_encoder(factory, width, True, dropout, mixed_precision)
 
 
 class BiLSTMFactory:
