@@ -283,3 +283,19 @@ def test_own_config_fills_and_debugs_in_process(tmp_path: Path) -> None:
     fill_config(tmp_path / "filled.cfg", CONFIGS / "encoders_own.cfg", silent=True)
     overrides = {"paths.train": str(tmp_path / "x.spacy"), "paths.dev": str(tmp_path / "x.spacy")}
     debug_config(tmp_path / "filled.cfg", overrides=overrides)
+
+
+def test_update_drop_reaches_the_encoder_dropout(trained) -> None:
+    """E4, D2, D6: nlp.update(drop=...) sets the rate of the torch encoder's own nn.Dropout
+    in its training forward pass; prediction runs it in eval mode."""
+    _, path = trained["encoders_shared.cfg"]
+    nlp = spacy.load(path)
+    (node,) = encoder_nodes(nlp)
+    dropout = node.shims[0].module.dropout
+    seen: List[Tuple[float, bool]] = []
+    dropout.register_forward_pre_hook(lambda mod, args: seen.append((mod.p, mod.training)))
+    nlp.update(corpus(nlp), sgd=Adam(0.001), drop=0.37)
+    assert seen and all(seen_p == 0.37 and training for seen_p, training in seen)
+    seen.clear()
+    nlp("Alice lives in Paris")
+    assert all(not training for _, training in seen)

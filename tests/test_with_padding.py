@@ -242,3 +242,21 @@ def test_bad_arguments() -> None:
         build_torch_bilstm_encoder(7)
     with pytest.raises(ValueError, match="multiple of heads"):
         build_torch_transformer_encoder(10, heads=4)
+
+
+def test_averaged_encoder() -> None:
+    """E4, A2: averaged(encoder) keeps an EMA of the torch weights; use_averages swaps it in
+    for prediction and puts the live weights back."""
+    from torchlayers import averaged, use_averages
+
+    model = averaged(encoder())
+    batch = docs(4, 2)
+    optimizer = Adam(0.05)
+    for _ in range(4):
+        Ys, backprop = model(batch, is_train=True)
+        backprop([numpy.ones_like(y) for y in Ys])
+        model.finish_update(optimizer)
+    live = model.predict(batch)
+    with use_averages(model):
+        assert not numpy.allclose(model.predict(batch)[0], live[0])
+    assert_array_equal(model.predict(batch)[0], live[0])
