@@ -81,7 +81,7 @@ def load_nlp(name: str):
     return spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
 
 
-def train(nlp, examples: List[Example], steps: int = 20):
+def train(nlp, examples: List[Example], steps: int = 30):
     fix_random_seed(0)
     nlp.initialize(lambda: examples)
     optimizer = Adam(0.01)
