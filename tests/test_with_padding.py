@@ -260,3 +260,44 @@ def test_averaged_encoder() -> None:
     with use_averages(model):
         assert not numpy.allclose(model.predict(batch)[0], live[0])
     assert_array_equal(model.predict(batch)[0], live[0])
+
+
+def test_bilstm_equals_a_packed_bidirectional_lstm() -> None:
+    """E2: the BiLSTM module gives what torch's bidirectional nn.LSTM gives on a
+    PackedSequence (pack_padded_sequence, enforce_sorted=False) with the same weights, layer by
+    layer, outputs and input gradients (float32 rounding)."""
+    from torchlayers.spacy._bilstm import BiLSTM
+
+    torch.manual_seed(0)
+    ours = BiLSTM(NI, WIDTH, depth=2)
+    packed_lstm = torch.nn.LSTM(NI, WIDTH // 2, num_layers=2, bidirectional=True)
+    with torch.no_grad():
+        for layer, (fwd, bwd) in enumerate(zip(ours.forwards, ours.backwards)):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(packed_lstm, f"{name}_l{layer}").copy_(getattr(fwd, f"{name}_l0"))
+                getattr(packed_lstm, f"{name}_l{layer}_reverse").copy_(getattr(bwd, f"{name}_l0"))
+    lengths = [3, 0, 7, 1, 5]
+    X = torch.zeros(len(lengths), max(lengths), NI)
+    for i, x in enumerate(docs(*lengths)):
+        X[i, : len(x)] = torch.from_numpy(x)
+    mask = torch.arange(max(lengths)).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    X_ours = X.clone().requires_grad_()
+    Y = ours(X_ours, mask)
+    X_ref = X.clone().requires_grad_()
+    real = [i for i, n in enumerate(lengths) if n]  # packing refuses empty sequences
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        X_ref[real],
+        torch.tensor([lengths[i] for i in real]),
+        batch_first=True,
+        enforce_sorted=False,
+    )
+    Y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(
+        packed_lstm(packed)[0], batch_first=True, total_length=max(lengths)
+    )
+    dY = torch.randn_like(Y) * mask.unsqueeze(-1)
+    Y.backward(dY)
+    Y_ref.backward(dY[real])
+    for k, i in enumerate(real):
+        n = lengths[i]
+        assert_allclose(Y[i, :n].detach().numpy(), Y_ref[k, :n].detach().numpy(), atol=1e-6)
+    assert_allclose(X_ours.grad.numpy(), X_ref.grad.numpy(), atol=1e-6)
