@@ -6,7 +6,7 @@ import numpy
 from thinc.api import ArgsKwargs, Model, registry
 from thinc.types import Floats2d, Floats3d
 
-Padded = ArgsKwargs  # args=(X (batch, max_len, nI) float, mask (batch, max_len) bool)
+PaddedBatch = ArgsKwargs  # args=(X (batch, max_len, nI) float, mask (batch, max_len) bool)
 
 # The mask check at initialize: outputs at real tokens may move this much (relative to their
 # scale) when the padding changes. float32 rounding moves them ~1e-7; a mask that is ignored
@@ -15,7 +15,7 @@ LEAK_TOLERANCE = 1e-4
 
 
 @registry.layers("torchlayers.with_padding.v1")
-def with_padding(layer: Model[Padded, Floats3d]) -> Model[List[Floats2d], List[Floats2d]]:
+def with_padding(layer: Model[PaddedBatch, Floats3d]) -> Model[List[Floats2d], List[Floats2d]]:
     """Pad a list of `(n_i, nI)` arrays into one batch for `layer`, and unpad what it returns.
 
     layer: called on `ArgsKwargs(args=(X, mask))`, with `X` a `(batch, max_len, nI)` float array
@@ -26,7 +26,7 @@ def with_padding(layer: Model[Padded, Floats3d]) -> Model[List[Floats2d], List[F
         of the layer's output (one copy pads the input, none unpads the output; the same for the
         gradients). A doc with no rows gives `(0, nO)` wherever it stands, and its neighbours'
         gradients stay aligned.
-    Not Thinc's `with_padded`: that gives a time-major, length-sorted `Padded`; this keeps the
+    Not Thinc's `with_padded`: that gives a time-major, length-sorted `PaddedBatch`; this keeps the
     docs in order, batch first, and hands the layer the mask.
     The layer must not let the padding reach real rows (a BiLSTM must pack, attention must mask
     keys): `initialize` with sample data checks that and raises ValueError if it does.
@@ -43,7 +43,7 @@ def with_padding(layer: Model[Padded, Floats3d]) -> Model[List[Floats2d], List[F
 def forward(
     model: Model[List[Floats2d], List[Floats2d]], Xs: List[Floats2d], is_train: bool
 ) -> Tuple[List[Floats2d], Callable]:
-    layer: Model[Padded, Floats3d] = model.layers[0]
+    layer: Model[PaddedBatch, Floats3d] = model.layers[0]
     lengths = [check_doc(model, i, x) for i, x in enumerate(Xs)]
     nO = model.get_dim("nO")
     if not any(lengths):  # nothing to run: (0, nO) per doc, and (0, nI) gradients back

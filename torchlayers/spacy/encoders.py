@@ -30,7 +30,7 @@ from thinc.api import Model
 from thinc.types import Floats2d, Floats3d
 
 from .._shim import Factory
-from ..with_padding import Padded, with_padding
+from ..with_padding import PaddedBatch, with_padding
 from ..with_torch import with_torch
 from ._bilstm import BiLSTM
 from ._transformer import Transformer
@@ -59,7 +59,7 @@ def build_torch_encoder(
     mixed_precision: on CUDA, run the module under `torch.autocast` with loss scaling (as
         `with_torch`); spaCy still sees float32 rows.
     """
-    layer: Model[Padded, Floats3d] = with_torch(
+    layer: Model[PaddedBatch, Floats3d] = with_torch(
         module, torch_dropout=torch_dropout, mixed_precision=mixed_precision
     )
     if torch_dropout and dropout is not None:
