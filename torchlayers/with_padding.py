@@ -26,7 +26,7 @@ def with_padding(layer: Model[PaddedBatch, Floats3d]) -> Model[List[Floats2d], L
         of the layer's output (one copy pads the input, none unpads the output; the same for the
         gradients). A doc with no rows gives `(0, nO)` wherever it stands, and its neighbours'
         gradients stay aligned.
-    Not Thinc's `with_padded`: that gives a time-major, length-sorted `PaddedBatch`; this keeps the
+    Not Thinc's `with_padded`: that gives a time-major, length-sorted `Padded`; this keeps the
     docs in order, batch first, and hands the layer the mask.
     The layer must not let the padding reach real rows (a BiLSTM must pack, attention must mask
     keys): `initialize` with sample data checks that and raises ValueError if it does.
