@@ -84,15 +84,15 @@ class Orders:
         docs = arange(xp, batch, mask.device)  # (B,)
         rev = xp.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
         cells = batch * max_len
-        ahead, back = steps * batch + docs, cells + rev * batch + docs  # in (2, T, B)
-        ahead_t, rev_t = steps.T * batch + docs.reshape(batch, 1), rev.T  # (B, T) views
-        # inputs: X's row (b, t) goes to (0, t, b) and to (1, rev(t), b): the second list.
-        self.inputs = self._pair(
-            xp.stack([docs * max_len + steps, docs * max_len + rev]),
-            xp.stack([ahead_t, cells + rev_t * batch + docs.reshape(batch, 1)], -1),
-        )
-        in_bt = (docs * max_len + steps) * 2, (docs * max_len + rev) * 2 + 1
-        self.outputs = self._pair(xp.stack([ahead.T, back.T], -1), xp.stack(in_bt))
+        ahead, back = steps * batch + docs, cells + rev * batch + docs  # rows of (2, T, B)
+        # X's rows (B, T) for (2, T, B): each doc forwards, then reversed. X's row (b, t)
+        # went to (0, t, b) and (1, rev(t), b): the rows listed in (B, T, 2) order, which are
+        # also where the outputs come from.
+        from_x = xp.stack([docs * max_len + steps, docs * max_len + rev])
+        to_bt = xp.stack([ahead.T, back.T], -1)
+        self.inputs = self._pair(from_x, to_bt)
+        direction = xp.stack([steps * 0, steps * 0 + 1])  # (2, T, 1): 0 forwards, 1 backwards
+        self.outputs = self._pair(to_bt, from_x * 2 + direction)
         if between:
             taken = xp.stack(
                 [xp.stack([ahead, back], -1), xp.stack([rev * batch + docs, cells + ahead], -1)]
