@@ -8,6 +8,7 @@ from . import (
     bench_averaged,
     bench_calls,
     bench_distributed,
+    bench_encoders,
     bench_loading,
     bench_resizable,
     bench_torch_ner,
@@ -29,6 +30,7 @@ def main(argv: list) -> int:
     ok &= bench_loading.main()
     ok &= bench_torch_ner.main()
     ok &= bench_distributed.main()
+    ok &= bench_encoders.main()
     return 0 if ok else 1
 
 

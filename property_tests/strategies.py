@@ -255,3 +255,12 @@ def gradient_arrays(draw: st.DrawFn) -> List[numpy.ndarray]:
         seed = draw(st.integers(0, 2**16))
         arrays.append(numpy.random.default_rng(seed).standard_normal(shape).astype(dtype))
     return arrays
+
+
+@st.composite
+def doc_batches(draw: st.DrawFn, width: int = 4) -> List[numpy.ndarray]:
+    """1-6 docs of 0-12 rows each, `width` unit-scale floats a row (empty docs anywhere)."""
+    lengths = draw(st.lists(st.integers(0, 12), min_size=1, max_size=6))
+    seed = draw(st.integers(0, 2**16))
+    rng = numpy.random.default_rng(seed)
+    return [rng.uniform(-1, 1, (n, width)).astype("float32") for n in lengths]

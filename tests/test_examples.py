@@ -50,3 +50,19 @@ def test_demo_plot_is_a_png_with_labelled_axes(tmp_path):
         assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
         assert len(ax.get_xticks()) > 1 and len(ax.get_yticks()) > 1
     real_close(figure)
+
+
+def test_ner_encoder_example(capsys):
+    """E3, C2: examples/ner_encoder trains ner on a torch BiLSTM with spacy train, adds an
+    entity type without changing old predictions, and learns it (~15 s on CPU)."""
+    spec = importlib.util.spec_from_file_location(
+        "ner_encoder", EXAMPLES / "ner_encoder" / "run.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main()
+    out = capsys.readouterr().out
+    assert "old predictions unchanged: True" in out
+    assert "encoder weights moved while learning PRODUCT: True" in out
+    assert report["PRODUCT f"] > 0.5 and report["ents_f before"] > 0.8

@@ -10,6 +10,7 @@ from .averaged import averaged, use_averages
 from .interop import load_safetensors, save_safetensors, torch_module, torch_modules
 from .resizable import resizable, resize_input, resize_output
 from .with_dropout import with_dropout
+from .with_padding import with_padding
 from .with_torch import with_torch
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "with_dropout",
     "resizable",
     "averaged",
+    "with_padding",
     "resize_output",
     "resize_input",
     "use_averages",

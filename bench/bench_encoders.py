@@ -1,0 +1,117 @@
+"""P7: torchlayers.TorchBiLSTMEncoder.v1 against Thinc's PyTorchLSTM(nO, nI, bi=True).
+
+32 docs of 5-40 tokens, width 96 in and out. A training step is forward, backward from fixed
+dYs, an Adam update; a prediction goes from the list of arrays to the list of arrays.
+PyTorchLSTM does not pack: its backward direction reads the padding, so its outputs depend on
+the batch (tests/test_encoder_comparison.py); ours do not. "torch, packed" is the same
+bidirectional `nn.LSTM` on a `PackedSequence` built once outside the clock, with
+`torch.optim.Adam`: what packing costs in plain torch.
+"""
+
+from typing import Callable, Dict, List, Tuple
+
+import numpy
+import torch
+from thinc.api import Adam, PyTorchLSTM
+
+from torchlayers.spacy.encoders import build_torch_bilstm_encoder
+from torchlayers.with_padding import pad
+
+from ._timing import medians, report
+
+WIDTH, N_DOCS, SHORTEST, LONGEST = 96, 32, 5, 40
+
+
+def docs_and_grads() -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
+    """N_DOCS arrays of SHORTEST-LONGEST rows, and a gradient of the same shape for each."""
+    rng = numpy.random.default_rng(0)
+    lengths = rng.integers(SHORTEST, LONGEST + 1, size=N_DOCS)
+    Xs = [rng.standard_normal((n, WIDTH), dtype=numpy.float32) for n in lengths]
+    return Xs, [rng.standard_normal(x.shape, dtype=numpy.float32) for x in Xs]
+
+
+def thinc_adam() -> Adam:
+    return Adam(1e-3, grad_clip=0.0, use_averages=False)
+
+
+def models(Xs: List[numpy.ndarray]) -> Dict[str, object]:
+    torch.manual_seed(0)
+    ours = build_torch_bilstm_encoder(WIDTH)
+    ours.initialize(X=Xs[:2])
+    anchor = PyTorchLSTM(WIDTH, WIDTH, bi=True)
+    anchor.initialize(X=Xs[:2])
+    return {"ours": ours, "PyTorchLSTM": anchor}
+
+
+def training_steps(Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Dict[str, Callable]:
+    def thinc_step(model, optimizer: Adam) -> Callable[[], object]:
+        def step() -> object:
+            _, backprop = model(Xs, is_train=True)
+            dXs = backprop(dYs)
+            model.finish_update(optimizer)
+            return dXs
+
+        return step
+
+    made = models(Xs)
+    lstm = torch.nn.LSTM(WIDTH, WIDTH // 2, bidirectional=True, batch_first=True)
+    torch_adam = torch.optim.Adam(lstm.parameters(), lr=1e-3)
+    lengths = torch.tensor([len(x) for x in Xs])
+    X_pad = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in Xs], batch_first=True)
+    dY_pad = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(d) for d in dYs], batch_first=True)
+
+    def torch_packed() -> object:
+        X = X_pad.clone().requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            X, lengths, batch_first=True, enforce_sorted=False
+        )
+        Y, _ = torch.nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], batch_first=True)
+        Y.backward(dY_pad)
+        torch_adam.step()
+        torch_adam.zero_grad(set_to_none=True)
+        return X.grad
+
+    return {
+        "ours": thinc_step(made["ours"], thinc_adam()),
+        "PyTorchLSTM": thinc_step(made["PyTorchLSTM"], thinc_adam()),
+        "torch, packed": torch_packed,
+        "padding": padding(made["ours"], Xs, dYs),
+    }
+
+
+def padding(model, Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Callable[[], object]:
+    """What with_padding adds to a step: pad X and dY, unpad Y and dX (the same sizes)."""
+    lengths = [len(x) for x in Xs]
+
+    def run() -> object:
+        X, _ = pad(model, Xs, lengths)
+        Y = [X[i, :n] for i, n in enumerate(lengths)]
+        dY, _ = pad(model, dYs, lengths)
+        return Y, [dY[i, :n] for i, n in enumerate(lengths)]
+
+    return run
+
+
+def predictions(Xs: List[numpy.ndarray]) -> Dict[str, Callable]:
+    made = models(Xs)
+    return {name: (lambda model=model: model.predict(Xs)) for name, model in made.items()}
+
+
+def main() -> bool:
+    Xs, dYs = docs_and_grads()
+    label = f"{N_DOCS} docs of {SHORTEST}-{LONGEST} tokens, width {WIDTH}"
+    step = medians(training_steps(Xs, dYs), rounds=21, number=5)
+    ok = report(f"P7 step vs PyTorchLSTM ({label})", step["ours"] / step["PyTorchLSTM"], 1.00)
+    ok &= report("P7 padding + unpadding share of the step", step["padding"] / step["ours"], 0.10)
+    print(
+        f"   (vs torch on a ready PackedSequence: {step['ours'] / step['torch, packed']:.2f}x; "
+        f"PyTorchLSTM vs that: {step['PyTorchLSTM'] / step['torch, packed']:.2f}x)"
+    )
+    pred = medians(predictions(Xs), rounds=21, number=10)
+    ok &= report(f"P7 predict vs PyTorchLSTM ({label})", pred["ours"] / pred["PyTorchLSTM"], 1.00)
+    return ok
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

@@ -1,0 +1,155 @@
+"""Torch sequence encoders for spaCy's `spacy.Tok2Vec.v2` `encode` slot (import to register).
+
+Each is `Model[List[Floats2d], List[Floats2d]]`: one `(n_tokens, nI)` array per doc in, one
+`(n_tokens, width)` array per doc out, built as
+
+    with_padding(with_torch(module, torch_dropout=True))
+
+so the module is called as `module(X, mask)` on a padded batch, and what `with_torch` gives holds
+for it: caller dropout (`nlp.update(drop=...)`), `use_params(optimizer.averages)`, safe
+serialization, `copy`, GPU.
+
+- `torchlayers.TorchEncoder.v1`: a torch module of yours (or a factory `(nI, nO) -> Module`).
+- `torchlayers.TorchBiLSTMEncoder.v1`: a bidirectional LSTM (`BiLSTM`), batch-independent.
+- `torchlayers.TorchTransformerEncoder.v1`: a Transformer encoder (`Transformer`).
+
+In a config:
+
+    [components.tok2vec.model.encode]
+    @architectures = "torchlayers.TorchBiLSTMEncoder.v1"
+    width = 96
+
+Importing this module without spaCy works (the functions can be called directly); the names are
+registered in `spacy.registry.architectures` only where spaCy is importable.
+"""
+
+from typing import List, Optional, Union
+
+import torch
+from thinc.api import Model
+from thinc.types import Floats2d, Floats3d
+
+from .._shim import Factory
+from ..with_padding import PaddedBatch, with_padding
+from ..with_torch import with_torch
+from ._bilstm import BiLSTM
+from ._transformer import Transformer
+
+Encoder = Model[List[Floats2d], List[Floats2d]]
+
+
+def build_torch_encoder(
+    module: Union[torch.nn.Module, Factory],
+    width: Optional[int] = None,
+    torch_dropout: bool = False,
+    dropout: Optional[float] = None,
+    mixed_precision: bool = False,
+) -> Encoder:
+    """A spaCy encoder (`List[Floats2d] -> List[Floats2d]`) around a torch module of yours.
+
+    module: called as `module(X, mask)`: `X` `(batch, max_len, nI)` float, `mask`
+        `(batch, max_len)` bool, True at real tokens (each doc's tokens first); returns
+        `(batch, max_len, width)`. Its outputs at real tokens must not depend on the padding
+        (`initialize` checks). Or a factory `(nI, nO) -> Module`, built at initialize with nI
+        from the data and nO = width.
+    width: the output width; spaCy's Tok2Vec reads it at construction, so give it unless the
+        module is ready and its last `nn.Linear` says it.
+    torch_dropout: hand the module's own `nn.Dropout` submodules the caller's rate in training
+        (`nlp.update(drop=...)`, `[training] dropout`); `dropout` is the rate until then.
+    mixed_precision: on CUDA, run the module under `torch.autocast` with loss scaling (as
+        `with_torch`); spaCy still sees float32 rows.
+    """
+    layer: Model[PaddedBatch, Floats3d] = with_torch(
+        module, torch_dropout=torch_dropout, mixed_precision=mixed_precision
+    )
+    if torch_dropout and dropout is not None:
+        layer.attrs["dropout_rate"] = dropout
+    known = layer.maybe_get_dim("nO")  # a ready module's last Linear
+    if width is not None and known is not None and known != width:
+        raise ValueError(
+            f"with_padding({layer.name}): width={width}, but the module's last Linear "
+            f"gives {known} outputs"
+        )
+    if width is not None:
+        layer.set_dim("nO", width)
+    return with_padding(layer)
+
+
+def build_torch_bilstm_encoder(
+    width: int, depth: int = 1, dropout: float = 0.0, mixed_precision: bool = False
+) -> Encoder:
+    """A bidirectional LSTM encoder: `depth` layers, `width // 2` units each way (width even).
+
+    A doc's outputs do not depend on its batch-mates (Thinc's `PyTorchLSTM` reads the padding).
+    dropout: on each layer's input, at the caller's rate once training sets one.
+    """
+    BiLSTM(1, width, depth, dropout)  # check the arguments now, not at initialize
+    factory = BiLSTMFactory(width, depth, dropout)
+    return build_torch_encoder(factory, width, True, dropout, mixed_precision)
+
+
+def build_torch_transformer_encoder(
+    width: int, depth: int = 2, heads: int = 4, dropout: float = 0.0, mixed_precision: bool = False
+) -> Encoder:
+    """A Transformer encoder: projection to `width`, sinusoidal positions, `depth` layers of
+    `heads` heads, padded keys masked. dropout: every `nn.Dropout` inside, at the caller's rate
+    once training sets one."""
+    Transformer(1, width, depth, heads, dropout)  # check the arguments now
+    factory = TransformerFactory(width, depth, heads, dropout)
+    return build_torch_encoder(factory, width, True, dropout, mixed_precision)
+
+
+class BiLSTMFactory:
+    """`(nI, nO) -> BiLSTM`, built at initialize once the input width is known."""
+
+    __name__ = "BiLSTM"  # with_torch names the node after it: with_torch(BiLSTM)
+
+    def __init__(self, width: int, depth: int, dropout: float) -> None:
+        self.width, self.depth, self.dropout = width, depth, dropout
+
+    def __call__(self, nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
+        return BiLSTM(need_nI("BiLSTM", nI), self.width, self.depth, self.dropout)
+
+
+class TransformerFactory:
+    """`(nI, nO) -> Transformer`, built at initialize once the input width is known."""
+
+    __name__ = "Transformer"
+
+    def __init__(self, width: int, depth: int, heads: int, dropout: float) -> None:
+        self.width, self.depth, self.heads, self.dropout = width, depth, heads, dropout
+
+    def __call__(self, nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
+        nI = need_nI("Transformer", nI)
+        return Transformer(nI, self.width, self.depth, self.heads, self.dropout)
+
+
+def need_nI(name: str, nI: Optional[int]) -> int:
+    if nI is None:
+        raise ValueError(f"{name}: the input width is unknown; initialize with sample data")
+    return nI
+
+
+def register_architectures() -> None:
+    """Put the encoders in spaCy's registry; without spaCy, do nothing."""
+    try:  # spaCy is an optional dependency
+        from spacy.util import registry as spacy_registry
+    except ImportError:  # pragma: no cover - the test environment has spaCy
+        return
+    spacy_registry.architectures("torchlayers.TorchEncoder.v1")(build_torch_encoder)
+    spacy_registry.architectures("torchlayers.TorchBiLSTMEncoder.v1")(build_torch_bilstm_encoder)
+    spacy_registry.architectures("torchlayers.TorchTransformerEncoder.v1")(
+        build_torch_transformer_encoder
+    )
+
+
+register_architectures()
+
+
+__all__ = [
+    "build_torch_encoder",
+    "build_torch_bilstm_encoder",
+    "build_torch_transformer_encoder",
+    "BiLSTM",
+    "Transformer",
+]
