@@ -21,7 +21,7 @@ import torchlayers.spacy.ner  # noqa: F401  registers torch_ner
 from ._timing import medians, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "torch_ner"))
-from corpus import LABELS, make_corpus  # noqa: E402
+from ner_corpus import LABELS, make_corpus  # noqa: E402
 
 TYPES = [f"TYPE{i}" for i in range(10)]
 DOCS, TOKENS = 50, 20

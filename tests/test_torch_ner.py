@@ -21,7 +21,7 @@ from torchlayers.spacy.biluo import allowed_transitions, is_valid  # noqa: E402
 from torchlayers.spacy.ner import TorchEntityRecognizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "torch_ner"))
-from corpus import LABELS, NEW_LABEL, make_corpus  # noqa: E402
+from ner_corpus import LABELS, NEW_LABEL, make_corpus  # noqa: E402
 
 TOK2VEC = {
     "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 32,

@@ -1,6 +1,6 @@
 """spaCy's ner on a torch BiLSTM encoder, end to end, on CPU in well under a minute.
 
-1. Writes a synthetic corpus (corpus.py: PERSON and CITY) as .spacy files.
+1. Writes a synthetic corpus (encoder_corpus.py: PERSON and CITY) as .spacy files.
 2. Fills config.cfg with spaCy's defaults (`spacy init fill-config`) and trains `ner` (spaCy's
    transition-based parser over `spacy.Tok2Vec.v2` whose encoder is
    `torchlayers.TorchBiLSTMEncoder.v1`) with `spacy train`, in process.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 import numpy  # noqa: E402
 import spacy  # noqa: E402
 import torch  # noqa: E402
-from corpus import make_corpus  # noqa: E402
+from encoder_corpus import make_corpus  # noqa: E402
 from spacy.cli.init_config import fill_config  # noqa: E402
 from spacy.cli.train import train  # noqa: E402
 from spacy.tokens import DocBin  # noqa: E402

@@ -1,7 +1,7 @@
 """Accuracy of torch_ner against spaCy's own `ner`, and of adding a type with rehearsal.
 
 1. spaCy's `ner`, `torch_ner` and `torch_ner` with `transitions = true` train on the same
-   corpus (corpus.py: PERSON, CITY, ORG), the same tok2vec config, the same batches and the
+   corpus (ner_corpus.py: PERSON, CITY, ORG), the same tok2vec config, the same batches and the
    same number of updates; each is scored on held-out text with spaCy's NER scorer.
 2. Each `torch_ner` then gets `add_label("PRODUCT")` and trains on new sentences annotated with
    all four types plus a rehearsal sample of the old training data; it reports PRODUCT's F1
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import spacy  # noqa: E402
-from corpus import LABELS, NEW_LABEL, make_corpus  # noqa: E402
+from ner_corpus import LABELS, NEW_LABEL, make_corpus  # noqa: E402
 from spacy.training import Example  # noqa: E402
 from thinc.api import Adam, fix_random_seed  # noqa: E402
 

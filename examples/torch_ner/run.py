@@ -1,7 +1,7 @@
 """torch_ner end to end, on CPU in about a minute: train, add an entity type, keep the old ones.
 
 1. Trains a `torch_ner` pipeline (torchlayers.TorchNER.v1, found through the entry points) on
-   the project's corpus (corpus.py): PERSON, CITY, ORG.
+   the project's corpus (ner_corpus.py): PERSON, CITY, ORG.
 2. `add_label("PRODUCT")`: checks every entity on the held-out texts is identical before and
    after (the new type's output units start far below the old ones).
 3. Trains on new sentences annotated with all four types plus a rehearsal sample of the old
@@ -28,7 +28,7 @@ OUT = HERE.parents[1] / "out" / "torch_ner"
 sys.path.insert(0, str(HERE))
 
 import spacy  # noqa: E402
-from corpus import LABELS, NEW_LABEL, make_corpus  # noqa: E402
+from ner_corpus import LABELS, NEW_LABEL, make_corpus  # noqa: E402
 from spacy.training import Example  # noqa: E402
 from thinc.api import Adam, fix_random_seed  # noqa: E402
 
