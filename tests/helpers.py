@@ -52,3 +52,22 @@ def bag_of_words(n_features: int) -> Model:
         return X, lambda dX: []
 
     return Model("bag_of_words", forward)
+
+
+def refuse_unpickling(monkeypatch) -> None:
+    """A pickle spy: pickle, torch.load and srsly's pickle fail if anything calls them."""
+    import pickle
+
+    import srsly
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling")
+
+    for owner, name in (
+        (pickle, "loads"),
+        (pickle, "load"),
+        (torch, "load"),
+        (srsly, "pickle_loads"),
+    ):
+        monkeypatch.setattr(owner, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)

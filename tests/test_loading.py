@@ -15,7 +15,7 @@ from thinc.api import Adam, Linear, Relu, chain, fix_random_seed
 
 from torchlayers import averaged, resizable, with_dropout, with_torch
 
-from .helpers import NH, NI, NO, batch, mlp, train_step
+from .helpers import NH, NI, NO, batch, mlp, refuse_unpickling, train_step
 
 
 def bn_net(nH: int = NH, seed: int = 0) -> torch.nn.Module:
@@ -249,17 +249,7 @@ def test_nested_unbuilt_model_round_trips():
 
 @pytest.fixture
 def no_pickle(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("unpickling")
-
-    for owner, name in (
-        (pickle, "loads"),
-        (pickle, "load"),
-        (torch, "load"),
-        (srsly, "pickle_loads"),
-    ):
-        monkeypatch.setattr(owner, name, refuse)
-    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    refuse_unpickling(monkeypatch)
 
 
 @pytest.mark.parametrize("kind", BUILDERS)

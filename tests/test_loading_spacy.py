@@ -1,13 +1,11 @@
 """W6, W7, W3 for spaCy pipelines on the shipped architectures: empty components serialize,
 foreign bytes leave a component as it was, nothing unpickles, threads predict safely."""
 
-import pickle
 import threading
 from typing import Any, Dict
 
 import pytest
 import srsly
-import torch
 from thinc.api import Linear
 
 spacy = pytest.importorskip("spacy")
@@ -16,6 +14,7 @@ from spacy.util import registry  # noqa: E402
 
 import torchlayers.spacy.architectures  # noqa: E402, F401  registers the architectures
 
+from .helpers import refuse_unpickling  # noqa: E402
 from .test_loading import assert_same_state, state_of  # noqa: E402
 from .test_spacy import TEXTS, TOK2VEC, scores, trained_nlp  # noqa: E402
 
@@ -71,16 +70,7 @@ def test_pipeline_loads_without_unpickling(tmp_path, monkeypatch):
     nlp.to_disk(tmp_path / "nlp")
     data = nlp.to_bytes()
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("unpickling")
-
-    for owner, name in (
-        (pickle, "loads"),
-        (pickle, "load"),
-        (torch, "load"),
-        (srsly, "pickle_loads"),
-    ):
-        monkeypatch.setattr(owner, name, refuse)
+    refuse_unpickling(monkeypatch)
     loaded = spacy.load(tmp_path / "nlp")
     assert scores(loaded) == scores(nlp)
     fresh, _ = trained_nlp(steps=0)

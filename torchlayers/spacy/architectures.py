@@ -47,6 +47,7 @@ from ..averaged import averaged
 from ..resizable import resizable, resize_output
 from ..with_dropout import with_dropout
 from ..with_torch import with_torch
+from ._registry import register
 
 # A new exclusive class starts at probability ~e^-16 of the old ones' mass: below float32
 # rounding of the old probabilities; softmax_scores passes it the gradient p - truth, so it
@@ -274,14 +275,10 @@ def output_linear(nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
     return torch.nn.Linear(nI, nO)
 
 
-def register_architectures() -> None:
-    """Put the architectures in spaCy's `architectures` registry; without spaCy, do nothing."""
-    try:  # spaCy is an optional dependency
-        from spacy.util import registry as spacy_registry
-    except ImportError:  # pragma: no cover - the test environment has spaCy
-        return
-    spacy_registry.architectures("torchlayers.TorchTextCat.v1")(build_torch_textcat)
-    spacy_registry.architectures("torchlayers.TorchTagger.v1")(build_torch_tagger)
-
-
-register_architectures()
+register(
+    "architectures",
+    {
+        "torchlayers.TorchTextCat.v1": build_torch_textcat,
+        "torchlayers.TorchTagger.v1": build_torch_tagger,
+    },
+)

@@ -16,6 +16,7 @@ first update.
 from typing import Any, Callable, Optional
 
 from ..interop import load_safetensors
+from ._registry import register
 
 
 def make_loader(
@@ -47,13 +48,9 @@ def make_loader(
     return load
 
 
-def register_callbacks() -> None:
-    """Put the callback in spaCy's `callbacks` registry; without spaCy, do nothing."""
-    try:  # spaCy is an optional dependency
-        from spacy.util import registry as spacy_registry
-    except ImportError:  # pragma: no cover - the test environment has spaCy
-        return
-    spacy_registry.callbacks("torchlayers.load_safetensors.v1")(make_loader)
-
-
-register_callbacks()
+register(
+    "callbacks",
+    {
+        "torchlayers.load_safetensors.v1": make_loader,
+    },
+)

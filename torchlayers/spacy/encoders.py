@@ -33,6 +33,7 @@ from .._shim import Factory
 from ..with_padding import PaddedBatch, with_padding
 from ..with_torch import with_torch
 from ._bilstm import BiLSTM
+from ._registry import register
 from ._transformer import Transformer
 
 Encoder = Model[List[Floats2d], List[Floats2d]]
@@ -130,20 +131,14 @@ def need_nI(name: str, nI: Optional[int]) -> int:
     return nI
 
 
-def register_architectures() -> None:
-    """Put the encoders in spaCy's registry; without spaCy, do nothing."""
-    try:  # spaCy is an optional dependency
-        from spacy.util import registry as spacy_registry
-    except ImportError:  # pragma: no cover - the test environment has spaCy
-        return
-    spacy_registry.architectures("torchlayers.TorchEncoder.v1")(build_torch_encoder)
-    spacy_registry.architectures("torchlayers.TorchBiLSTMEncoder.v1")(build_torch_bilstm_encoder)
-    spacy_registry.architectures("torchlayers.TorchTransformerEncoder.v1")(
-        build_torch_transformer_encoder
-    )
-
-
-register_architectures()
+register(
+    "architectures",
+    {
+        "torchlayers.TorchEncoder.v1": build_torch_encoder,
+        "torchlayers.TorchBiLSTMEncoder.v1": build_torch_bilstm_encoder,
+        "torchlayers.TorchTransformerEncoder.v1": build_torch_transformer_encoder,
+    },
+)
 
 
 __all__ = [

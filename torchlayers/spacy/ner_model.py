@@ -29,6 +29,7 @@ from ..averaged import averaged
 from ..resizable import resizable, resize_input, resize_output
 from ..with_dropout import with_dropout
 from ..with_torch import with_torch
+from ._registry import register
 from .architectures import SOFTMAX_FILL, default_hidden, output_linear
 from .crf import linear_chain_crf
 
@@ -124,13 +125,9 @@ def resize_ner(model: Model, n_tags: int) -> Model:
     return model
 
 
-def register_architectures() -> None:
-    """Put `torchlayers.TorchNER.v1` in spaCy's registry; without spaCy, do nothing."""
-    try:  # spaCy is an optional dependency
-        from spacy.util import registry as spacy_registry
-    except ImportError:  # pragma: no cover - the test environment has spaCy
-        return
-    spacy_registry.architectures("torchlayers.TorchNER.v1")(build_torch_ner)
-
-
-register_architectures()
+register(
+    "architectures",
+    {
+        "torchlayers.TorchNER.v1": build_torch_ner,
+    },
+)
