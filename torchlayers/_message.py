@@ -55,6 +55,8 @@ def check_message(root: Model, msg: Any, own_attrs: Callable[[Model], bool]) -> 
 
 
 def describe_message(msg: Any) -> str:
+    if isinstance(msg, dict) and isinstance(msg.get("nodes"), list):
+        return f"one over {len(msg['nodes'])} nodes"
     if isinstance(msg, dict):
         return f"a dict with keys {sorted(map(str, msg))[:6]}"
     return type(msg).__name__

@@ -91,6 +91,8 @@ class TorchSaving(NodeShim):
             check_state(node, self.params, self.buffers(), header, params, buffers, verify)
         elif verify:  # the module is built at load: its fit is checked then
             verify_checksums(node, header, params, buffers)
+        if not verify:  # the seal covers the buffers too; this check names the one that broke
+            verify_checksums(node, header, {}, buffers)
 
     def check_unbuilt(self, node: Model, header: Dict, params: Dict[str, Any]) -> None:
         """Data saved before initialize fits only a layer that is not built either."""
