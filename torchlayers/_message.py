@@ -50,7 +50,12 @@ def check_message(root: Model, msg: Any, own_attrs: Callable[[Model], bool]) -> 
             check_attrs(root, node, attrs)
         for shim, data in zip(node.shims, shims):
             if isinstance(shim, NodeShim):
-                shim.check_saved(node, data, params, verify=not sealed)
+                try:
+                    shim.check_saved(node, data, params, verify=not sealed)
+                except ValueError as err:  # name the model being loaded, not only the node
+                    if node is root:
+                        raise
+                    raise ValueError(f"{root.name}: {err}") from err
     check_seal(root, msg, nodes)
 
 
