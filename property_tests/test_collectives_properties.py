@@ -11,9 +11,11 @@ from torchlayers._collectives import buckets, flatten, unflatten
 
 @given(arrays=gradient_arrays(), bucket_bytes=st.integers(1, 512))
 def test_buckets_hold_every_array_once_in_order(arrays, bucket_bytes):
-    """M1: the buckets hold each array exactly once, in their order within each dtype, one
-    dtype per bucket, and every bucket but the last of its dtype reaches `bucket_bytes`."""
+    """M1, P9: the buckets hold each array exactly once, in their order within each dtype, one
+    dtype per bucket, and every bucket but the last of its dtype reaches `bucket_bytes`; so the
+    bytes all-reduced are the gradient bytes, no more."""
     found = buckets(arrays, bucket_bytes)
+    assert sum(a.nbytes for b in found for a in b) == sum(a.nbytes for a in arrays)
     for dtype in ("float32", "float64"):
         mine = [b for b in found if str(b[0].dtype) == dtype]
         assert all(str(a.dtype) == dtype for b in mine for a in b)

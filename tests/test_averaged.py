@@ -318,3 +318,25 @@ def test_average_of_another_shape_raises_and_restores():
         with use_averages(model):
             pass
     assert first.get_param("W") is live_W
+
+
+def test_use_averages_swaps_references_and_updates_in_one_fused_call(monkeypatch):
+    """P3, P4: use_averages re-points each param at its average (the very array: no copy, so
+    its cost is O(number of tensors)); one EMA update is one `torch._foreach_lerp_` call over
+    every averaged tensor."""
+    model = make_model()
+    optimizer = Adam(0.1)
+    for _ in range(2):
+        step(model, optimizer)
+    settle(model)
+    expected = {(node.id, name): average for node, name, average in averages(model)}
+    with use_averages(model):
+        for (node_id, name), average in expected.items():
+            node = next(n for n in model.walk() if n.id == node_id)
+            assert node.get_param(name) is average
+    calls = []
+    real = torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda *a: calls.append(len(a[0])) or real(*a))
+    step(model, optimizer)
+    settle(model)
+    assert calls == [len(expected)]

@@ -372,3 +372,17 @@ def test_allowed_transitions_spell_biluo():
     ]
     assert start.astype(int).tolist() == [1, 1, 0, 0, 1]
     assert end.astype(int).tolist() == [1, 0, 0, 1, 1]
+
+
+def test_batched_decoding_equals_each_doc_alone():
+    """P8, N1: docs of different lengths decode together (one loop over time steps for the
+    whole batch, padded) to exactly what each decodes to alone."""
+    from torchlayers.spacy.biluo import transition_scores, viterbi
+
+    rng = numpy.random.default_rng(0)
+    trans, start, end = transition_scores(3)
+    docs = [rng.normal(size=(n, 13)).astype("f") for n in (7, 1, 0, 12, 4)]
+    together = viterbi(docs, trans, start, end)
+    for doc, tags in zip(docs, together):
+        (alone,) = viterbi([doc], trans, start, end)
+        assert tags.tolist() == alone.tolist() and is_valid(tags.tolist(), 3)

@@ -612,3 +612,16 @@ def test_to_gpu_without_cupy_or_cuda_says_what_to_do():
     """W8, W10: to_gpu on a machine without cupy or CUDA names what to install or do."""
     with pytest.raises(ValueError, match="to_gpu needs"):
         with_torch(mlp()).to_gpu(0)
+
+
+def test_shortest_prediction_path_gives_what_the_general_path_gives():
+    """P2, P11, W10: a float32 array takes the shortest prediction path (fewest calls per
+    prediction); float64, non-contiguous and nested inputs take the general one; all agree."""
+    model = with_torch(mlp())
+    X = batch(6)
+    fast = model.predict(X)
+    assert_array_equal(model.predict(X.astype("float64")), fast)
+    # other memory layouts: torch's kernels may round differently (float32 rounding)
+    numpy.testing.assert_allclose(model.predict(numpy.asfortranarray(X)), fast, 1e-5, 1e-6)
+    numpy.testing.assert_allclose(model.predict(X[::-1])[::-1], fast, 1e-5, 1e-6)
+    assert_array_equal(with_torch(torch.nn.ModuleDict({"a": mlp()})["a"]).predict(X), fast)
