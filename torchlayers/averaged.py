@@ -44,7 +44,7 @@ def averaged(layer: Model[InT, OutT], max_decay: float = 0.9999) -> Model[InT, O
 
     Returns:
         A model that takes and returns what `layer` does. The averages are used only inside
-        `with use_averages(model):`.
+            `with use_averages(model):`.
 
     Raises:
         ValueError: `max_decay` outside [0, 1].

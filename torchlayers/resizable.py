@@ -54,9 +54,9 @@ def resizable(
 
     Returns:
         A model that takes and returns what `layer` does, with `attrs["resize_output"]` and
-        `attrs["resize_input"]` as `(model, n) -> model` (spaCy's convention, which
-        `TrainablePipe.add_label` calls). New input units get zero weights: old inputs give
-        old outputs. Shrinking drops the last units.
+            `attrs["resize_input"]` as `(model, n) -> model` (spaCy's convention, which
+            `TrainablePipe.add_label` calls). New input units get zero weights: old inputs give
+            old outputs. Shrinking drops the last units.
 
     Raises:
         ValueError: `fill` is not a number, or nothing under `layer` can be resized (checked

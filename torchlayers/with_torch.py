@@ -54,8 +54,8 @@ def with_torch(
 
     Returns:
         A Thinc `Model`. In: an array, a list/tuple/dict of arrays, or `ArgsKwargs` (spread
-        into the call); integer arrays pass through without a gradient. Out: what the module
-        returns (a tensor, tuple or dict), as arrays.
+            into the call); integer arrays pass through without a gradient. Out: what the module
+            returns (a tensor, tuple or dict), as arrays.
 
     Raises:
         TypeError: `module` is neither a module nor a callable; parameters not float32/64.
