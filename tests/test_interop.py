@@ -13,13 +13,8 @@ from safetensors.torch import load_file, save_file
 from thinc.api import Adam, Relu, chain, fix_random_seed
 
 from torchlayers import averaged, resizable, use_averages, with_dropout, with_torch
-from torchlayers.interop import (
-    load_safetensors,
-    main,
-    save_safetensors,
-    torch_module,
-    torch_modules,
-)
+from torchlayers.interop import load_safetensors, save_safetensors, torch_module, torch_modules
+from torchlayers.spacy.export import main
 
 from .helpers import batch, mlp, train_step
 
@@ -424,7 +419,7 @@ def test_the_export_command_exports_one_layer_averaged(pipeline, capsys):
     own state_dict keys; `python -m torchlayers` dispatches `export` to this command."""
     from torchlayers.__main__ import COMMANDS
 
-    assert COMMANDS["export"][0] == "torchlayers.interop"
+    assert COMMANDS["export"][0] == "torchlayers.spacy.export"
     nlp, _, root = pipeline
     out = root / "output_avg.safetensors"
     assert main([str(root / "pipeline"), "textcat", str(out), "--name", "0/4/0", "--averaged"]) == 0

@@ -10,7 +10,10 @@ from typing import Dict, List, Optional, Tuple
 
 # command -> (module with a `main(argv) -> int`, one line of help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
-    "export": ("torchlayers.interop", "write a pipeline component's torch weights as safetensors"),
+    "export": (
+        "torchlayers.spacy.export",
+        "write a pipeline component's torch weights as safetensors",
+    ),
     "train": ("torchlayers.spacy.train", "spacy train on N processes (launch with torchrun)"),
 }
 

@@ -11,24 +11,38 @@ its node, joined by "/" (e.g. `"0/3/0"`: `model.layers[0].layers[3].layers[0]`).
 is itself a `with_torch` node has the path `""`. The same architecture gives the same paths.
 
 The command `python -m torchlayers export PIPELINE_DIR COMPONENT OUT` exports a saved spaCy
-pipeline's component (spaCy is imported only by that command).
+pipeline's component (`torchlayers.spacy.export`).
 """
 
-import argparse
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union, cast
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from thinc.api import Model
 
-from ._shim import TorchShim
+from ._state_dicts import (
+    StateDict,
+    check_state,
+    module_state,
+    module_tensors,
+    read_source,
+    shorten,
+    write_state,
+)
+from ._torch_nodes import (
+    built_module,
+    chosen_nodes,
+    prefixed,
+    root_model,
+    select_node,
+    shim_of,
+    torch_nodes,
+)
 from .averaged import use_averages
 
-StateDict = Mapping[str, torch.Tensor]
 METADATA_KEY = "torchlayers.modules"  # safetensors metadata: {path: node name}, as JSON
 
 
@@ -172,217 +186,3 @@ def load_safetensors(
         )
     for node, own, given in plan:
         write_state(node, own, given)
-
-
-def main(argv: List[str]) -> int:
-    """`python -m torchlayers export PIPELINE_DIR COMPONENT OUT [--averaged] [--name NAME]`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m torchlayers export",
-        description="Write the torch weights of a saved spaCy pipeline's component as a "
-        "safetensors file that plain PyTorch loads with module.load_state_dict.",
-    )
-    parser.add_argument("pipeline", type=Path, help="a directory saved by nlp.to_disk")
-    parser.add_argument("component", help="the component's name in the pipeline, e.g. textcat")
-    parser.add_argument("out", type=Path, help="the .safetensors file to write")
-    parser.add_argument("--name", help="only this torch layer (a path or a node name)")
-    parser.add_argument(
-        "--averaged", action="store_true", help="the averaged (use_averages) weights"
-    )
-    parser.add_argument("--code", type=Path, help="a Python file to import first (your functions)")
-    args = parser.parse_args(argv)
-    import spacy  # only this command needs spaCy
-
-    if args.code is not None:
-        spacy.util.import_file("functions", args.code)
-    nlp = spacy.load(args.pipeline)
-    model = cast(Any, nlp.get_pipe(args.component)).model
-    keys = save_safetensors(model, args.out, name=args.name, averaged=args.averaged)
-    nodes = chosen_nodes(model, args.name)
-    for (prefix, node), path in zip(prefixed(nodes), nodes):
-        module = type(built_module(node)).__name__
-        keys_are = f"'{prefix}' + its state_dict keys" if prefix else "its state_dict keys"
-        print(f"{path or '(root)'}: {node.name}, a {module}; keys: {keys_are}")
-    print(f"wrote {len(keys)} tensors to {args.out}")
-    return 0
-
-
-# -- finding the nodes --------------------------------------------------------------------------
-
-
-def root_model(model: Any) -> Model:
-    """`model`, or the `.model` of a spaCy component."""
-    if isinstance(model, Model):
-        return model
-    inner = getattr(model, "model", None)
-    if isinstance(inner, Model):
-        return inner
-    raise TypeError(f"expected a Thinc Model or a spaCy component, got {type(model).__name__}")
-
-
-def torch_nodes(model: Model) -> Dict[str, Model]:
-    """`{path: node}` for each `with_torch` node under `model`, depth first; shared nodes once."""
-    found: Dict[str, Model] = {}
-    seen = set()
-
-    def visit(node: Model, path: Tuple[int, ...]) -> None:
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        if node.shims and isinstance(node.shims[0], TorchShim):
-            found["/".join(map(str, path))] = node
-        for i, child in enumerate(node.layers):
-            visit(child, (*path, i))
-
-    visit(model, ())
-    return found
-
-
-def select_node(model: Model, name: Optional[str]) -> Tuple[str, Model]:
-    """The one `with_torch` node that `name` (a path or a node name) picks out."""
-    nodes = torch_nodes(model)
-    if name is None:
-        matches = list(nodes.items())
-    elif name in nodes:
-        matches = [(name, nodes[name])]
-    else:
-        matches = [(path, node) for path, node in nodes.items() if node.name == name]
-    if len(matches) != 1:
-        what = "with_torch layer" if name is None else f"with_torch layer named {name!r}"
-        raise ValueError(
-            f"{model.name}: expected one {what}, found {len(matches)}; the with_torch layers "
-            f"are {describe_nodes(nodes)} (pass a path or a node name)"
-        )
-    return matches[0]
-
-
-def chosen_nodes(model: Model, name: Optional[str]) -> Dict[str, Model]:
-    """The nodes to save or load: the one `name` picks, or all; at least one."""
-    if name is not None:
-        path, node = select_node(model, name)
-        return {path: node}
-    nodes = torch_nodes(model)
-    if not nodes:
-        raise ValueError(f"{model.name}: no with_torch layer in the model")
-    return nodes
-
-
-def prefixed(nodes: Dict[str, Model]) -> Iterator[Tuple[str, Model]]:
-    """(key prefix, node): none for a single node, else the node's path and a dot."""
-    for path, node in nodes.items():
-        yield ("" if len(nodes) == 1 else f"{path}."), node
-
-
-def describe_nodes(nodes: Dict[str, Model]) -> str:
-    return ", ".join(f"{path!r}: {node.name}" for path, node in nodes.items()) or "none"
-
-
-def shim_of(node: Model) -> TorchShim:
-    return node.shims[0]  # type: ignore[return-value]
-
-
-def built_module(node: Model) -> torch.nn.Module:
-    module = shim_of(node).module
-    if module is None:
-        raise ValueError(
-            f"{node.name}: the torch module is built by its factory at initialize(); "
-            "call model.initialize() (or nlp.initialize()) first"
-        )
-    return module
-
-
-# -- reading and writing the weights ------------------------------------------------------------
-
-
-def module_tensors(node: Model) -> Dict[str, torch.Tensor]:
-    """The module's `state_dict(keep_vars=True)`: its Parameters and persistent buffers."""
-    return dict(built_module(node).state_dict(keep_vars=True))
-
-
-def owners(node: Model) -> Dict[int, str]:
-    """id(Parameter) -> the node's Thinc param name for it (tied weights share one)."""
-    return {id(param): name for name, param in built_module(node).named_parameters()}
-
-
-def module_state(node: Model) -> Dict[str, torch.Tensor]:
-    """The module's state_dict on the CPU, each tensor its own copy; parameters are read from
-    the node's Thinc params, which the torch parameters view (and `use_averages` swaps)."""
-    params = owners(node)
-    state = {}
-    for key, tensor in module_tensors(node).items():
-        owner = params.get(id(tensor))
-        if owner is not None and node.has_param(owner):
-            value = torch.from_numpy(node.ops.to_numpy(node.get_param(owner)))
-        else:
-            value = tensor.detach()
-        state[key] = value.to("cpu", copy=True).contiguous()
-    return state
-
-
-def read_source(model: Model, source: Union[str, Path, StateDict]) -> Dict[str, torch.Tensor]:
-    if isinstance(source, Mapping):
-        state = dict(source)
-        for key, value in state.items():
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"{model.name}: expected torch tensors, got {type(value).__name__} for {key!r}"
-                )
-        return state
-    try:
-        return load_file(str(source))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(
-            f"{model.name}: cannot read {str(source)!r} as safetensors: {err}"
-        ) from err
-
-
-def check_state(
-    node: Model,
-    prefix: str,
-    own: Dict[str, torch.Tensor],
-    given: Dict[str, torch.Tensor],
-    strict: bool,
-) -> None:
-    """Refuse, naming the layer and the key, unless `given` fits the module's state_dict."""
-    missing = [key for key in own if key not in given]
-    unexpected = [key for key in given if key not in own]
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"{node.name}: the keys do not match its state_dict: missing "
-            f"{shorten([prefix + k for k in missing])}, unexpected "
-            f"{shorten([prefix + k for k in unexpected])}"
-        )
-    for key, value in given.items():
-        if key not in own:
-            continue
-        target = own[key]
-        if tuple(value.shape) != tuple(target.shape):
-            raise ValueError(
-                f"{node.name}: '{prefix}{key}' has shape {tuple(value.shape)}, the module's "
-                f"has {tuple(target.shape)}"
-            )
-        if value.dtype != target.dtype:
-            raise ValueError(
-                f"{node.name}: '{prefix}{key}' is {value.dtype}, the module's is {target.dtype}"
-            )
-
-
-def write_state(node: Model, own: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor]) -> None:
-    """Copy into the node's Thinc param arrays (in place: torch's Parameters view them, and
-    the optimizer's state stays keyed to them) and into the module's buffers."""
-    params = owners(node)
-    for key, value in given.items():
-        if key not in own:
-            continue
-        owner = params.get(id(own[key]))
-        if owner is not None and node.has_param(owner):
-            array: Any = node.get_param(owner)
-            array[...] = node.ops.xp.asarray(value.detach().cpu().numpy())
-        else:
-            with torch.no_grad():
-                own[key].copy_(value)
-
-
-def shorten(keys: List[str], limit: int = 6) -> str:
-    shown = ", ".join(repr(key) for key in keys[:limit])
-    more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
-    return f"[{shown}{more}]"
