@@ -71,3 +71,15 @@ def refuse_unpickling(monkeypatch) -> None:
     ):
         monkeypatch.setattr(owner, name, refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
+
+
+def run_threads(work, count: int, timeout: float = 60) -> bool:
+    """Run `work` on `count` threads at once; True if all finished within `timeout` each."""
+    import threading
+
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return not any(thread.is_alive() for thread in threads)

@@ -15,7 +15,7 @@ from thinc.api import Adam, Linear, Relu, chain, fix_random_seed
 
 from torchlayers import averaged, resizable, with_dropout, with_torch
 
-from .helpers import NH, NI, NO, batch, mlp, refuse_unpickling, train_step
+from .helpers import NH, NI, NO, batch, mlp, refuse_unpickling, run_threads, train_step
 
 
 def bn_net(nH: int = NH, seed: int = 0) -> torch.nn.Module:
@@ -283,12 +283,7 @@ def test_threads_predicting_never_see_train_mode():
             if not numpy.array_equal(model.predict(X), expected):
                 wrong.append(1)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads) and not wrong
+    assert run_threads(work, 8) and not wrong
 
 
 def test_threads_predicting_with_torch_dropout_see_no_rate():
@@ -303,11 +298,7 @@ def test_threads_predicting_with_torch_dropout_see_no_rate():
     def work() -> None:
         results.extend(numpy.array_equal(model.predict(X), expected) for _ in range(200))
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    assert run_threads(work, 4)
     assert len(results) == 800 and all(results)
 
 

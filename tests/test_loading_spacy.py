@@ -1,7 +1,6 @@
 """W6, W7, W3 for spaCy pipelines on the shipped architectures: empty components serialize,
 foreign bytes leave a component as it was, nothing unpickles, threads predict safely."""
 
-import threading
 from typing import Any, Dict
 
 import pytest
@@ -14,7 +13,7 @@ from spacy.util import registry  # noqa: E402
 
 import torchlayers.spacy.architectures  # noqa: E402, F401  registers the architectures
 
-from .helpers import refuse_unpickling  # noqa: E402
+from .helpers import refuse_unpickling, run_threads  # noqa: E402
 from .test_loading import assert_same_state, state_of  # noqa: E402
 from .test_spacy import TEXTS, TOK2VEC, scores, trained_nlp  # noqa: E402
 
@@ -89,9 +88,5 @@ def test_threads_predict_a_pipeline_alike():
         for _ in range(5):
             results.append(scores(nlp, texts) == expected)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    assert run_threads(work, 4)
     assert len(results) == 20 and all(results)

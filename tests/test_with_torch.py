@@ -614,9 +614,9 @@ def test_to_gpu_without_cupy_or_cuda_says_what_to_do():
         with_torch(mlp()).to_gpu(0)
 
 
-def test_shortest_prediction_path_gives_what_the_general_path_gives():
-    """P2, P11, W10: a float32 array takes the shortest prediction path (fewest calls per
-    prediction); float64, non-contiguous and nested inputs take the general one; all agree."""
+def test_inputs_of_any_layout_predict_alike():
+    """P2, P11, W10: the prediction path that P2 and P11 time (a float32 array) agrees with
+    float64, non-contiguous and nested inputs."""
     model = with_torch(mlp())
     X = batch(6)
     fast = model.predict(X)

@@ -11,16 +11,19 @@ Flags are written into each submodule's `__dict__`: `nn.Module.train()` goes thr
 from typing import Any, Dict, List, Optional
 
 import torch
+from torch.nn.modules.dropout import _DropoutNd
 
 
 class Modes:
-    """The train/eval flags of one module and the count of training calls begun and ended."""
+    """The train/eval flags of one module, its Dropout submodules' rates during a training call
+    (D6), and the count of training calls begun and ended."""
 
     def __init__(self, module: Optional[torch.nn.Module]) -> None:
         self.holders: List[Dict[str, Any]] = (
             [sub.__dict__ for sub in module.modules()] if module else []
         )
         self.root: Dict[str, Any] = self.holders[0] if self.holders else {"training": False}
+        self.dropouts = torch_dropouts(module) if module is not None else []
         self.training_calls = 0  # odd while a training forward runs
         self.set_all(False)
 
@@ -28,11 +31,22 @@ class Modes:
         for holder in self.holders:
             holder["training"] = training
 
-    def begin_training(self) -> None:
+    def begin_training(self, rate: Optional[float] = None) -> Optional[List[float]]:
+        """Train mode; with a `rate`, every Dropout submodule runs at it. Returns their own
+        rates, for `end_training` to put back."""
         self.training_calls += 1
         self.set_all(True)
+        if rate is None:
+            return None
+        before = [m.p for m in self.dropouts]
+        for m in self.dropouts:
+            m.p = rate
+        return before
 
-    def end_training(self) -> None:
+    def end_training(self, rates: Optional[List[float]] = None) -> None:
+        if rates is not None:
+            for m, p in zip(self.dropouts, rates):
+                m.p = p
         self.set_all(False)
         self.training_calls += 1
 
@@ -49,6 +63,10 @@ class Modes:
     def end_prediction(self, layer: str, calls: int) -> None:
         if self.training_calls != calls:
             raise RuntimeError(busy(layer))
+
+
+def torch_dropouts(module: torch.nn.Module) -> List[_DropoutNd]:
+    return [m for m in module.modules() if isinstance(m, _DropoutNd)]
 
 
 def busy(layer: str) -> str:

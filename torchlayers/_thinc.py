@@ -81,3 +81,24 @@ def write_dim(node: Model, name: str, value: int) -> None:
     (its own resize builds a new node); resizable resizes params and dims together, in place."""
     if name in node.dim_names:
         node._dims[name] = value
+
+
+def wrapper_forward(model: Model, X: Any, is_train: bool) -> Tuple[Any, Any]:
+    """Forward of a node that wraps one layer and keeps a NodeShim (averaged, data_parallel):
+    bind the shim (a copy's shim learns its node here), then run the layer unchanged."""
+    for shim in model.shims:
+        if isinstance(shim, NodeShim):
+            shim.bind(model)
+    return model.layers[0](X, is_train)
+
+
+def wrapper_init(model: Model, X: Any = None, Y: Any = None) -> None:
+    """Init of such a node: bind, initialize the layer, take its dims."""
+    for shim in model.shims:
+        if isinstance(shim, NodeShim):
+            shim.bind(model)
+    layer = model.layers[0]
+    layer.initialize(X, Y)
+    for name in layer.dim_names:
+        if layer.has_dim(name):
+            model.set_dim(name, layer.get_dim(name))

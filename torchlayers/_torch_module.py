@@ -2,13 +2,10 @@
 device. No Thinc state here: functions of a module and a node.
 """
 
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 from thinc.api import Model
-from torch.nn.modules.dropout import _DropoutNd
-
-from ._checks import check_rate
 
 Factory = Callable[[Optional[int], Optional[int]], torch.nn.Module]
 
@@ -51,25 +48,3 @@ def set_dims_from_module(model: Model, module: torch.nn.Module, force: bool = Fa
     for name, value in (("nI", nI), ("nO", nO)):
         if force or model.maybe_get_dim(name) is None:
             model.set_dim(name, value, force=True)
-
-
-def set_torch_dropout(model: Model, module: torch.nn.Module) -> Optional[List[float]]:
-    """D6: give the module's own Dropout submodules the caller's rate; return their own rates."""
-    rate = model.attrs["dropout_rate"]
-    if rate is None:
-        return None
-    check_rate(model.name, rate)
-    dropouts = torch_dropouts(module)
-    before = [m.p for m in dropouts]
-    for m in dropouts:
-        m.p = float(rate)
-    return before
-
-
-def restore_torch_dropout(module: torch.nn.Module, rates: List[float]) -> None:
-    for m, p in zip(torch_dropouts(module), rates):
-        m.p = p
-
-
-def torch_dropouts(module: torch.nn.Module) -> List[_DropoutNd]:
-    return [m for m in module.modules() if isinstance(m, _DropoutNd)]

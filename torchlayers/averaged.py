@@ -11,7 +11,7 @@ under it refits the averages (`fit_averages`; A5). See docs/averaged.md.
 
 import contextlib
 import json
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, cast
+from typing import Any, Dict, Iterator, List, Tuple, TypeVar, cast
 
 import torch
 from thinc.api import Model, Optimizer, registry
@@ -20,7 +20,7 @@ from ._checks import check_decay
 from ._convert import to_tensor
 from ._loading import Layer
 from ._optimizer_state import refit_average
-from ._thinc import NodeShim, drop_param
+from ._thinc import NodeShim, drop_param, wrapper_forward, wrapper_init
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -67,17 +67,8 @@ def averaged(layer: Model[InT, OutT], max_decay: float = 0.9999) -> Model[InT, O
     return model
 
 
-def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Callable]:
-    cast(AverageShim, model.shims[0]).bind(model)  # a copy's shim learns its node here
-    return model.layers[0](X, is_train)
-
-
-def init(model: Model[InT, OutT], X: Optional[InT] = None, Y: Optional[OutT] = None) -> None:
-    layer = model.layers[0]
-    layer.initialize(X, Y)
-    for name in layer.dim_names:
-        if layer.has_dim(name):
-            model.set_dim(name, layer.get_dim(name))
+forward = wrapper_forward  # bind the shim, run the layer
+init = wrapper_init
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ that died or hangs makes the others raise `RuntimeError` once the group's timeou
 """
 
 import hashlib
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union, cast
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,7 @@ from ._collectives import (
 from ._collectives import sum_gradients as sum_slots
 from ._convert import to_array
 from ._loading import Layer
-from ._thinc import NodeShim
+from ._thinc import NodeShim, wrapper_forward, wrapper_init
 from .averaged import use_averages
 
 InT = TypeVar("InT")
@@ -84,18 +84,8 @@ def data_parallel(
     return model
 
 
-def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Callable]:
-    cast(SumShim, model.shims[0]).bind(model)  # a copy's shim learns its node here
-    return model.layers[0](X, is_train)
-
-
-def init(model: Model[InT, OutT], X: Optional[InT] = None, Y: Optional[OutT] = None) -> None:
-    cast(SumShim, model.shims[0]).bind(model)
-    layer = model.layers[0]
-    layer.initialize(X, Y)
-    for name in layer.dim_names:
-        if layer.has_dim(name):
-            model.set_dim(name, layer.get_dim(name))
+forward = wrapper_forward  # bind the shim, run the layer
+init = wrapper_init
 
 
 class SumShim(NodeShim):

@@ -3,23 +3,21 @@
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
-import numpy
 import torch
 from thinc.api import ArgsKwargs, Model, registry
 from torch.autograd.graph import _engine_run_backward
 
+from ._checks import check_rate
 from ._convert import describe, is_array, map_arrays, pair_leaves, to_array, to_tensor
 from ._loading import Layer
+from ._modes import torch_dropouts
 from ._precision import run_autocast
 from ._shim import ShimLink, TorchShim
 from ._torch_module import (
     Factory,
     build_module,
     check_device,
-    restore_torch_dropout,
     set_dims_from_module,
-    set_torch_dropout,
-    torch_dropouts,
 )
 
 InT = TypeVar("InT")
@@ -150,48 +148,37 @@ def attach(model: Model, shim: TorchShim, module: torch.nn.Module) -> None:
 
 
 def predict(model: Model, shim: TorchShim, module: torch.nn.Module, X: Any) -> Any:
-    """Run the module as it rests (eval mode): no flag is written, so threads may overlap.
-
-    A plain float32 array in and a tensor out take the shortest path: P11 counts its steps.
-    """
-    modes = shim.modes
-    calls = modes.training_calls
-    if calls & 1 or modes.root["training"]:  # a training call runs, or flags were moved
-        calls = modes.begin_prediction(model.name)
+    """Run the module as it rests (eval mode): no flag is written, so threads may overlap."""
+    calls = shim.modes.begin_prediction(model.name)
     dtype = shim.links.dtype
     with InferenceMode(True):
-        if type(X) is numpy.ndarray and X.dtype is FLOAT32 and dtype is torch.float32:
-            Xt: Any = to_tensor(X)
-        elif is_array(X):
+        if is_array(X):
             Xt = to_tensor(X)
             if Xt.dtype is not dtype and Xt.is_floating_point():
                 Xt = Xt.to(dtype)
         else:
             Xt = map_arrays(partial(input_tensor, dtype, False, []), X)
         Yt = call_module(model, shim, module, Xt, X)
-    if modes.training_calls != calls:
-        modes.end_prediction(model.name, calls)
-    if type(Yt) is torch.Tensor and not Yt.is_cuda:
-        return Yt.numpy()
+    shim.modes.end_prediction(model.name, calls)
     return to_arrays(Yt)
 
 
-FLOAT32 = numpy.dtype("float32")
 # The guard `torch.inference_mode()` enters, without its Python wrapper (decorator support,
 # state copies), which costs about 2 us a call: most of P11's budget. Same mode, same scope.
 InferenceMode = torch._C._InferenceMode
 
 
 def train_call(model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any, X: Any) -> Any:
-    """Run the module in train mode, with the caller's dropout rate if it takes one."""
-    rates = set_torch_dropout(model, module) if "dropout_rate" in model.attrs else None
-    shim.modes.begin_training()
+    """Run the module in train mode, with the caller's dropout rate if it takes one (D6)."""
+    rate = model.attrs.get("dropout_rate")  # only with torch_dropout=True; None until set
+    if rate is not None:
+        check_rate(model.name, rate)  # set_dropout_rate writes attrs without a check
+        rate = float(rate)
+    rates = shim.modes.begin_training(rate)
     try:
         return call_module(model, shim, module, Xt, X)
     finally:
-        shim.modes.end_training()
-        if rates is not None:
-            restore_torch_dropout(module, rates)
+        shim.modes.end_training(rates)
 
 
 def call_module(model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any, X: Any) -> Any:
