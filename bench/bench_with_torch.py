@@ -166,7 +166,9 @@ def main(device: str = "cpu") -> bool:
             f"   (vs torch without dX: {step['with_torch'] / step['torch, no dX']:.2f}x; "
             f"PyTorchWrapper vs torch: {step['PyTorchWrapper'] / step['torch']:.2f}x)"
         )
-        pred = medians(predictions(shape, device), rounds, number * 4, sync)
+        # Short blocks, many rounds: a prediction is short, and the machine's drift over a long
+        # block moved this ratio by +-0.1 between runs.
+        pred = medians(predictions(shape, device), rounds * 4, number, sync)
         ratio = pred["with_torch"] / pred["torch"]
         ok &= report(f"{tag}P2 predict vs torch ({label})", ratio, 1.05)
         print(

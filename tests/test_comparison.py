@@ -303,10 +303,10 @@ def test_second_backprop_error():
 
 def test_prediction_mode():
     """W3: PyTorchWrapper predicts under no_grad and leaves the module in train mode afterwards,
-    whatever mode it was in; with_torch predicts under inference_mode and restores the flags."""
+    whatever mode it was in; with_torch predicts without grad too, and restores the flags."""
     for wrap, restores in ((PyTorchWrapper, False), (with_torch, True)):
         module = mlp().eval()
-        seen = record(module, lambda mod: (mod.training, torch.is_inference_mode_enabled()))
+        seen = record(module, lambda mod: (mod.training, torch.is_grad_enabled()))
         wrap(module).predict(batch())
-        assert seen == [(False, restores)]
+        assert seen == [(False, False)]
         assert (module.training is False) is restores

@@ -161,15 +161,16 @@ def test_gradients_agree_with_finite_differences_float64():
 
 
 @pytest.mark.parametrize("start_in_train_mode", [True, False])
-def test_predict_runs_in_eval_inference_mode_and_flags_rest_in_eval(start_in_train_mode):
-    """W3: predict runs in eval mode under inference_mode and keeps no graph; training calls
-    run in train mode; between calls the module rests in eval mode (the documented place)."""
+def test_predict_runs_in_eval_without_grad_and_flags_rest_in_eval(start_in_train_mode):
+    """W3: predict runs in eval mode with autograd off (no_grad) and keeps no graph, and puts
+    the caller's grad mode back; training calls run in train mode; between calls the module
+    rests in eval mode (the documented place)."""
     module = torch.nn.Sequential(torch.nn.Linear(NI, NO), torch.nn.Dropout(0.5))
     module.train(start_in_train_mode)
     seen = []
     module.register_forward_hook(
         lambda mod, inp, out: seen.append(
-            (mod.training, mod[1].training, torch.is_inference_mode_enabled(), out.requires_grad)
+            (mod.training, mod[1].training, torch.is_grad_enabled(), out.requires_grad)
         )
     )
     model = with_torch(module)
@@ -177,13 +178,16 @@ def test_predict_runs_in_eval_inference_mode_and_flags_rest_in_eval(start_in_tra
     X = batch()
     assert_array_equal(model.predict(X), model.predict(X))  # dropout is off
     Y, _ = model(X, is_train=False)
-    assert seen[-1] == (False, False, True, False)
+    assert seen[-1] == (False, False, False, False) and torch.is_grad_enabled()
     model(X, is_train=True)
     assert seen[-1][:2] == (True, True)
     assert module.training is False and module[1].training is False
     module.train()  # the caller moves the flags: the next prediction puts them back to rest
     assert_array_equal(model.predict(X), Y)
-    assert seen[-1] == (False, False, True, False) and module[1].training is False
+    assert seen[-1] == (False, False, False, False) and module[1].training is False
+    with torch.no_grad():
+        model.predict(X)
+        assert not torch.is_grad_enabled()  # a caller's no_grad block stays one
 
 
 def test_no_backprop_after_prediction():
@@ -315,6 +319,86 @@ def test_use_params_restores_when_the_block_raises():
     for name, value in live.items():
         assert_array_equal(model.get_param(name), value)
     assert_array_equal(model.shims[0].module[0].weight.detach().numpy(), live["0.weight"])
+
+
+def expected_of(module: torch.nn.Module, X: numpy.ndarray) -> numpy.ndarray:
+    with torch.no_grad():
+        return copy.deepcopy(module).eval()(torch.from_numpy(X)).numpy()
+
+
+def test_every_thinc_write_of_a_param_reaches_torch():
+    """W5: whatever array Thinc sets as a param (a new one, a view of the old one, the same one
+    again), the next call runs on it; the layer does not look up each param per call, so this
+    checks the flag that Thinc's writes raise."""
+    module = torch.nn.Linear(NI, NO)
+    model = with_torch(module)
+    X = batch()
+    model.predict(X)
+    weight = model.get_param("weight")
+    model.set_param("weight", weight * 2)  # a new array
+    assert_array_equal(model.predict(X), expected_of(module, X))
+    assert module.weight.data_ptr() == model.get_param("weight").ctypes.data
+    view = model.get_param("weight").reshape(-1).reshape(NO, NI)  # what optimizers write back
+    model.set_param("weight", view)
+    view[0, 0] += 1.0  # the same memory: torch sees it without a relink
+    assert_array_equal(model.predict(X), expected_of(module, X))
+    model.set_param("bias", numpy.zeros(NO, dtype="float32"))
+    Y, _ = model(X, is_train=True)
+    assert numpy.allclose(Y, X @ model.get_param("weight").T, atol=1e-6)  # bias 0
+
+
+def test_a_remote_param_server_is_checked_every_call():
+    """W5: a node whose ParamServer is remote (Thinc's `proxy`, as in its Ray integration)
+    cannot raise the flag: the layer then compares each param on every call."""
+    from thinc.backends import ParamServer
+
+    class Proxy:  # Thinc's proxy protocol, kept in a dict
+        def __init__(self) -> None:
+            self.params: dict = {}
+
+        def get_param(self, model_id, name):
+            return self.params[(model_id, name)]
+
+        def set_param(self, model_id, name, value):
+            self.params[(model_id, name)] = value
+
+        def set_grad(self, model_id, name, value):
+            pass
+
+        def inc_grad(self, model_id, name, value):
+            pass
+
+    model = with_torch(lambda nI, nO: torch.nn.Linear(nI, nO))
+    proxy = Proxy()
+    model._params = ParamServer(proxy=proxy)  # before the module's params become the node's
+    X = batch()
+    model.initialize(X=X, Y=batch(4, NO))
+    module = model.shims[0].module
+    assert_array_equal(model.predict(X), expected_of(module, X))
+    proxy.params[(model.id, "weight")] = model.get_param("weight") * 3  # written remotely
+    assert_array_equal(model.predict(X), expected_of(module, X))
+    assert module.weight.data_ptr() == proxy.params[(model.id, "weight")].ctypes.data
+
+
+def test_a_gradient_thinc_sets_or_torch_resets_is_followed():
+    """W4: backprop adds into the node's current gradient arrays: a gradient Thinc set since
+    the last pass, or a `.grad` that torch code reset (`zero_grad()`), is linked anew."""
+    module = torch.nn.Linear(NI, NO)
+    model = with_torch(module)
+    X, dY = batch(), batch(4, NO, seed=3)
+    expected_dW = dY.T @ X
+    model(X, is_train=True)[1](dY)
+    assert numpy.allclose(model.get_grad("weight"), expected_dW, atol=1e-6)
+    fresh = numpy.zeros((NO, NI), dtype="float32")
+    model.set_grad("weight", fresh)
+    model(X, is_train=True)[1](dY)
+    assert model.get_grad("weight") is fresh
+    assert numpy.allclose(fresh, expected_dW, atol=1e-6)
+    module.zero_grad()  # set_to_none: torch would allocate a new .grad
+    model(X, is_train=True)[1](dY)
+    assert model.get_grad("weight") is fresh
+    assert numpy.allclose(fresh, 2 * expected_dW, atol=1e-6)
+    assert numpy.allclose(model.get_grad("bias"), 3 * dY.sum(axis=0), atol=1e-5)
 
 
 def test_pytorch_wrapper_ignores_averages_with_torch_does_not():

@@ -6,14 +6,14 @@ Thinc's own machinery and torch sees the result without a copy. Thinc swaps arra
 from_bytes, to_gpu, copy); `sync` is the one place torch follows.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from thinc.api import Model
 
 from ._convert import to_array, to_tensor
 from ._saved import check_shape
-from ._thinc import drop_grad, param_store
+from ._thinc import drop_grad, watch_params
 
 
 class TensorLinks:
@@ -26,6 +26,11 @@ class TensorLinks:
         self.arrays: Dict[str, Any] = {}  # name -> the Thinc array its Parameter views now
         self.grads: Dict[str, Tuple[Any, torch.Tensor]] = {}  # name -> (Thinc grad, its .grad)
         self.grads_cleared = False  # an optimizer zeroed every grad since the last backward
+        self.stale = True  # the node may hold arrays the parameters do not view: sync
+        # Each parameter with the `.grad` tensor that views its Thinc gradient, once every one
+        # does; `grads_stale` is set whenever Thinc sets one of the node's gradients.
+        self.linked_grads: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self.grads_stale = True
         floats = [p.dtype for p in self.params.values() if p.is_floating_point()]
         self.dtype = floats[0] if floats else torch.float32
         self.on_cuda = any(p.is_cuda for p in self.params.values())
@@ -42,22 +47,26 @@ class TensorLinks:
         self.sync(node)
 
     def sync(self, node: Model) -> None:
-        """Point each torch parameter at its node's current array, where that changed.
-        Cost: one identity check per parameter (the hot path of every call)."""
-        arrays, node_id = param_store(node)
+        """Point each torch parameter at its node's current array, where that changed. Callers
+        on the hot path test `stale` first: it is set whenever Thinc sets one of the node's
+        params, so a call that finds it False has nothing to do."""
+        self.stale = False  # before the reads: a set_param that races this one marks it again
         for name, param in self.params.items():
-            array = arrays[(node_id, name)] if arrays is not None else node.get_param(name)
+            array = node.get_param(name)
             linked = self.arrays.get(name)
             if array is linked or same_memory(array, linked):
-                continue
+                continue  # a view of the linked array (Thinc's optimizers return reshaped ones)
             check_shape(node, name, tuple(param.shape), array.shape)
             param.data = to_tensor(array)
             self.arrays[name] = array
+        if not watch_params(node, self):
+            self.stale = True  # a remote ParamServer: check on every call
 
     def relink(self, node: Optional[Model]) -> None:
         """Forget every link (the arrays moved to another device) and link anew."""
         self.arrays.clear()
         self.grads.clear()
+        self.stale = self.grads_stale = True
         if node is not None:
             self.sync(node)
 
@@ -70,6 +79,12 @@ class TensorLinks:
         (loss scaling must unscale this pass's gradients alone).
         """
         kept: Dict[str, Any] = {}
+        if not (self.grads_cleared or self.grads_stale or separate):
+            for param, tensor in self.linked_grads:
+                if param.grad is not tensor:  # torch code reset it (zero_grad, `.grad = None`)
+                    break
+            else:
+                return kept  # nothing changed since the last backward: torch adds in place
         # On a GPU a fresh .grad costs a conversion per param, dearer than the one kernel that
         # adds into the zeroed one. On the CPU the add is the dearer part.
         fresh = self.grads_cleared and not self.on_cuda
@@ -87,6 +102,7 @@ class TensorLinks:
                     param.grad = tensor
                     self.grads[name] = (grad, tensor)
         self.grads_cleared = False
+        self.grads_stale = True  # collect_grads checks the links again
         return kept
 
     def collect_grads(self, node: Model, kept: Dict[str, Any]) -> None:
@@ -101,6 +117,14 @@ class TensorLinks:
                 array += kept[name]
             node.set_grad(name, array)
             links[name] = (array, grad)
+        if self.grads_stale:
+            self.linked_grads = [
+                (param, links[name][1])
+                for name, param in self.params.items()
+                if name in links and param.grad is links[name][1]
+            ]
+            # `stale`: the node's ParamServer is not watched (a remote one): check every call
+            self.grads_stale = self.stale or len(self.linked_grads) != len(self.params)
 
     def drop_grads(self, node: Model) -> None:
         """Forget every gradient, so Thinc's finish_update skips the params (an overflow)."""
@@ -108,6 +132,7 @@ class TensorLinks:
             param.grad = None
             drop_grad(node, name)
         self.grads.clear()
+        self.grads_stale = True
 
 
 def same_memory(array: Any, linked: Any) -> bool:

@@ -52,17 +52,16 @@ class Modes:
 
     def begin_prediction(self, layer: str) -> int:
         """Check no training call runs; put the flags back to rest if the caller moved them
-        (`module.train()` on the module they hold). Returns the count to check at the end."""
+        (`module.train()` on the module they hold). Returns `training_calls`: a prediction
+        that finds it changed when it ends overlapped a training call and raises `busy`.
+        (with_torch's predict makes the cheap tests itself and calls this only when one fails.)
+        """
         calls = self.training_calls
         if calls & 1:
             raise RuntimeError(busy(layer))
         if self.root["training"]:
             self.set_all(False)
         return calls
-
-    def end_prediction(self, layer: str, calls: int) -> None:
-        if self.training_calls != calls:
-            raise RuntimeError(busy(layer))
 
 
 def torch_dropouts(module: torch.nn.Module) -> List[_DropoutNd]:

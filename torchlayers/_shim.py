@@ -72,7 +72,7 @@ class TorchShim(TorchSaving):
             self._name = node.name
 
     def sync(self, node: Model) -> None:
-        self._node = node
+        self._node = node  # a copy's shim meets its node here (its links start stale)
         self.links.sync(node)
 
     follow_params = sync  # NodeShim's hook: an ancestor swapped the node's arrays

@@ -1,16 +1,18 @@
 """with_torch: a PyTorch module as a Thinc layer whose parameters Thinc owns."""
 
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, TypeVar, Union, cast
 
+import numpy
 import torch
 from thinc.api import ArgsKwargs, Model, registry
 from torch.autograd.graph import _engine_run_backward
+from torch.autograd.variable import Variable
 
 from ._checks import check_rate
 from ._convert import describe, is_array, map_arrays, pair_leaves, to_array, to_tensor
 from ._loading import Layer
-from ._modes import torch_dropouts
+from ._modes import busy, torch_dropouts
 from ._precision import run_autocast
 from ._shim import ShimLink, TorchShim
 from ._torch_module import (
@@ -59,9 +61,9 @@ def with_torch(
         TypeError: `module` is neither a module nor a callable; parameters not float32/64.
         ValueError: `torch_dropout=True` on a module without `nn.Dropout`.
 
-    The module rests in eval mode between calls: a prediction runs it as it rests, under
-    `torch.inference_mode()`, and writes no flags, so many threads may predict at once. A
-    training call switches it to train mode for its forward pass and back. A prediction that
+    The module rests in eval mode between calls: a prediction runs it as it rests, with autograd
+    off (as under `torch.no_grad()`), and writes no flags, so many threads may predict at once.
+    A training call switches it to train mode for its forward pass and back. A prediction that
     overlaps a training call on another thread raises RuntimeError.
     """
     if isinstance(module, torch.nn.Module):
@@ -96,7 +98,8 @@ def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Call
     module = shim._model
     if module is None:
         raise ValueError(f"{model.name}: call initialize() first: the factory has not been built")
-    shim.sync(model)
+    if shim.links.stale:  # Thinc set a param since the last call: point torch at it
+        shim.sync(model)
     if not is_train:
         return predict(model, shim, module, X), no_backprop
     leaves: List[Optional[torch.Tensor]] = []  # per input leaf: the tensor that gets a gradient
@@ -148,24 +151,40 @@ def attach(model: Model, shim: TorchShim, module: torch.nn.Module) -> None:
 
 
 def predict(model: Model, shim: TorchShim, module: torch.nn.Module, X: Any) -> Any:
-    """Run the module as it rests (eval mode): no flag is written, so threads may overlap."""
-    calls = shim.modes.begin_prediction(model.name)
-    dtype = shim.links.dtype
-    with InferenceMode(True):
-        if is_array(X):
+    """Run the module as it rests (eval mode), with autograd off: no flag is written, so
+    threads may overlap. The common case (one numpy array in, no autocast) is spelled
+    out here rather than through the general helpers: at batch 1 each helper call is a
+    measurable share of P11's budget."""
+    modes = shim.modes
+    calls = modes.training_calls
+    if calls & 1 or modes.root["training"]:  # the cheap test of Modes.begin_prediction
+        calls = modes.begin_prediction(model.name)
+    grad_was_on = is_grad_enabled()
+    set_grad_enabled(False)
+    try:
+        if type(X) is numpy.ndarray and not shim.autocast:
             Xt = to_tensor(X)
-            if Xt.dtype is not dtype and Xt.is_floating_point():
-                Xt = Xt.to(dtype)
+            if Xt.dtype is not shim.links.dtype and Xt.is_floating_point():
+                Xt = Xt.to(shim.links.dtype)
+            try:
+                Yt = module(Xt)
+            except CALL_ERRORS as err:
+                raise_rejected(model, X, err)
         else:
-            Xt = map_arrays(partial(input_tensor, dtype, False, []), X)
-        Yt = call_module(model, shim, module, Xt, X)
-    shim.modes.end_prediction(model.name, calls)
-    return to_arrays(Yt)
+            Xt = map_arrays(partial(input_tensor, shim.links.dtype, False, []), X)
+            Yt = call_module(model, shim, module, Xt, X)
+    finally:
+        set_grad_enabled(grad_was_on)
+    if modes.training_calls != calls:  # a training call overlapped this one
+        raise RuntimeError(busy(model.name))
+    return to_array(Yt) if type(Yt) is torch.Tensor else to_arrays(Yt)
 
 
-# The guard `torch.inference_mode()` enters, without its Python wrapper (decorator support,
-# state copies), which costs about 2 us a call: most of P11's budget. Same mode, same scope.
-InferenceMode = torch._C._InferenceMode
+# What `torch.no_grad()` does, without its Python context manager: the grad mode is
+# thread-local, as the inference-mode guard is, and the pair costs a fraction of entering that
+# guard (or `torch.inference_mode()`, several us a call here): most of P11's budget.
+is_grad_enabled = torch.is_grad_enabled
+set_grad_enabled = torch._C._set_grad_enabled
 
 
 def train_call(model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any, X: Any) -> Any:
@@ -191,13 +210,22 @@ def call_module(model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any,
         if shim.autocast:
             return run_autocast(module, (Xt,), NO_KWARGS)
         return module(Xt)
-    except torch.OutOfMemoryError:
-        raise
-    except (RuntimeError, TypeError, IndexError) as err:
-        check_input(model, X)  # the clearer message, where the dims tell what was expected
-        raise ValueError(
-            f"{model.name}: the module rejected input {describe(X)}{expected_input(model)}: {err}"
-        ) from err
+    except CALL_ERRORS as err:
+        raise_rejected(model, X, err)
+
+
+CALL_ERRORS = (RuntimeError, TypeError, IndexError)  # what torch raises for a wrong input
+
+
+def raise_rejected(model: Model, X: Any, err: Exception) -> NoReturn:
+    """Raise the error a module raised for input `X` as a ValueError that names the layer and
+    what it expected; out-of-memory errors as they are."""
+    if isinstance(err, torch.OutOfMemoryError):
+        raise err
+    check_input(model, X)  # the clearer message, where the dims tell what was expected
+    raise ValueError(
+        f"{model.name}: the module rejected input {describe(X)}{expected_input(model)}: {err}"
+    ) from err
 
 
 def backward(
@@ -224,17 +252,26 @@ def backward(
     if outputs and shim.autocast:
         shim.scaler.backward(outputs, grads, list(links.params.values()) + inputs)
     elif outputs:
-        run_backward(outputs, grads)
+        run_backward(outputs, grads, links.on_cuda)
     links.collect_grads(model, kept)
 
 
-def run_backward(outputs: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+def run_backward(outputs: List[torch.Tensor], grads: List[torch.Tensor], on_cuda: bool) -> None:
     """`torch.autograd.backward(outputs, grads)` without its argument checks, which `backward`
-    has made (shapes, dtypes): they cost microseconds per call (P11). Same engine call."""
-    _engine_run_backward(
-        tuple(outputs), tuple(grads), False, False, (), allow_unreachable=True,
-        accumulate_grad=True,
-    )  # fmt: skip
+    has made (shapes, dtypes). On the CPU it also skips what `_engine_run_backward` adds around
+    the engine: a copy of the caller's contextvars stashed for CUDA's device threads (a CPU
+    graph runs on the calling thread, which has them) and autograd's debug-logging hooks. That
+    stash alone cost ~13 us per backward here, more than P11's budget. Same engine call."""
+    if on_cuda:
+        _engine_run_backward(
+            tuple(outputs), tuple(grads), False, False, (), allow_unreachable=True,
+            accumulate_grad=True,
+        )  # fmt: skip
+    else:
+        ENGINE.run_backward(tuple(outputs), tuple(grads), False, False, (), True, True)
+
+
+ENGINE = Variable._execution_engine  # what `_engine_run_backward` calls
 
 
 def to_arrays(Yt: Any) -> Any:
