@@ -122,3 +122,64 @@ def test_no_gradient_leaks_across_updates(case, seeds):
         model.finish_update(optimizer)
         for name in model.param_names:
             assert not model.get_grad(name).any()
+
+
+OPERATIONS = st.sampled_from(
+    ["new array", "view", "in place", "backprop", "update", "new grad", "torch zero_grad"]
+)
+
+
+def reference_of(module: torch.nn.Module, model) -> torch.nn.Module:
+    """A copy of `module` running on the node's current arrays, whatever the layer linked."""
+    reference = copy.deepcopy(module).eval()
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            param.copy_(torch.from_numpy(model.get_param(name)))
+    return reference
+
+
+@given(
+    case=module_and_input(),
+    operations=st.lists(st.tuples(OPERATIONS, st.integers(0, 2**16)), min_size=1, max_size=8),
+)
+def test_torch_follows_every_write_of_thinc(case, operations):
+    """W4, W5: whatever Thinc or torch code writes between calls (a new param array, a view of
+    it, an edit in place, an optimizer step, a new gradient array, torch's zero_grad), the next
+    prediction runs on the node's current arrays and the next backprop adds its gradient into
+    the node's current gradients. The layer tests a flag rather than each param per call, so
+    this is the law that flag must keep."""
+    module, X = case
+    model = with_torch(module)
+    names = list(model.param_names)
+    optimizer = SGD(0.1)
+    for operation, seed in operations:
+        rng = numpy.random.default_rng(seed)
+        name = names[seed % len(names)]
+        shape = model.get_param(name).shape
+        if operation == "new array":
+            model.set_param(name, rng.uniform(-1, 1, shape).astype("float32"))
+        elif operation == "view":
+            model.set_param(name, model.get_param(name).reshape(-1).reshape(shape))
+        elif operation == "in place":
+            model.get_param(name)[...] += numpy.float32(0.5)
+        elif operation == "new grad":
+            model.set_grad(name, rng.uniform(-1, 1, shape).astype("float32"))
+        elif operation == "torch zero_grad":
+            module.zero_grad()
+        elif operation == "update":
+            _, backprop = model(X, is_train=True)
+            backprop(output_grad(model, X, seed))
+            model.finish_update(optimizer)
+        else:  # backprop: adds this pass's gradient to whatever the node holds
+            before = {n: model.get_grad(n).copy() for n in names if model.has_grad(n)}
+            reference = reference_of(module, model).train()
+            dY = output_grad(model, X, seed)
+            reference(torch.from_numpy(X)).backward(torch.from_numpy(dY))
+            _, backprop = model(X, is_train=True)
+            backprop(dY)
+            for n, param in reference.named_parameters():
+                expected = before.get(n, 0) + param.grad.numpy()
+                assert_allclose(model.get_grad(n), expected, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            expected = reference_of(module, model)(torch.from_numpy(X)).numpy()
+        assert_allclose(model.predict(X), expected, rtol=1e-6, atol=1e-6)

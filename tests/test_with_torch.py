@@ -401,6 +401,19 @@ def test_a_gradient_thinc_sets_or_torch_resets_is_followed():
     assert numpy.allclose(model.get_grad("bias"), 3 * dY.sum(axis=0), atol=1e-5)
 
 
+def test_a_gradient_set_after_an_update_is_added_to():
+    """W4: after finish_update the layer lets torch allocate fresh `.grad`s (Thinc zeroed the
+    old ones); a gradient the caller sets in between is not zero, so backprop adds into it."""
+    model = with_torch(torch.nn.Linear(NI, NO, bias=False))
+    X, dY = batch(), batch(4, NO, seed=3)
+    model(X, is_train=True)[1](dY)
+    model.finish_update(SGD(0.0))
+    preset = numpy.ones((NO, NI), dtype="float32")
+    model.set_grad("weight", preset.copy())
+    model(X, is_train=True)[1](dY)
+    assert numpy.allclose(model.get_grad("weight"), preset + dY.T @ X, atol=1e-6)
+
+
 def test_pytorch_wrapper_ignores_averages_with_torch_does_not():
     """W5: Thinc's PyTorchWrapper leaves predictions unchanged under use_params; ours swaps."""
     wrapper = PyTorchWrapper(mlp())

@@ -27,6 +27,7 @@ class TensorLinks:
         self.grads: Dict[str, Tuple[Any, torch.Tensor]] = {}  # name -> (Thinc grad, its .grad)
         self.grads_cleared = False  # an optimizer zeroed every grad since the last backward
         self.stale = True  # the node may hold arrays the parameters do not view: sync
+        self.watched = False  # the node's ParamServer calls param_set/grad_set
         # Each parameter with the `.grad` tensor that views its Thinc gradient, once every one
         # does; `grads_stale` is set whenever Thinc sets one of the node's gradients.
         self.linked_grads: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []
@@ -59,8 +60,18 @@ class TensorLinks:
             check_shape(node, name, tuple(param.shape), array.shape)
             param.data = to_tensor(array)
             self.arrays[name] = array
-        if not watch_params(node, self):
+        self.watched = watch_params(node, self)
+        if not self.watched:
             self.stale = True  # a remote ParamServer: check on every call
+
+    # What the node's ParamServer calls when Thinc (or anyone) sets one of its arrays.
+
+    def param_set(self) -> None:
+        self.stale = True
+
+    def grad_set(self) -> None:
+        self.grads_stale = True
+        self.grads_cleared = False  # a gradient set after an optimizer step is not zero
 
     def relink(self, node: Optional[Model]) -> None:
         """Forget every link (the arrays moved to another device) and link anew."""
@@ -86,8 +97,9 @@ class TensorLinks:
             else:
                 return kept  # nothing changed since the last backward: torch adds in place
         # On a GPU a fresh .grad costs a conversion per param, dearer than the one kernel that
-        # adds into the zeroed one. On the CPU the add is the dearer part.
-        fresh = self.grads_cleared and not self.on_cuda
+        # adds into the zeroed one. On the CPU the add is the dearer part. (Unwatched, a
+        # gradient set since the step would go unseen: add into what the node holds.)
+        fresh = self.grads_cleared and self.watched and not self.on_cuda
         for name, param in self.params.items():
             if fresh or not node.has_grad(name):
                 param.grad = None

@@ -66,30 +66,30 @@ class WatchedParams(ParamServer):
     call (P11). The server's dicts and values stay as they were.
     """
 
-    watcher: Any = None
+    watcher: Any = None  # has param_set() and grad_set()
 
-    # Each marks after the write: a sync that runs in between reads the new array.
+    # Each tells after the write: a sync that runs in between reads the new array.
     def set_param(self, model_id: int, name: str, value: Any) -> None:
         super().set_param(model_id, name, value)
         if self.watcher is not None:
-            self.watcher.stale = True
+            self.watcher.param_set()
 
     def set_grad(self, model_id: int, name: str, value: Any) -> None:
         super().set_grad(model_id, name, value)
         if self.watcher is not None:
-            self.watcher.grads_stale = True
+            self.watcher.grad_set()
 
     def inc_grad(self, model_id: int, name: str, value: Any) -> None:
         super().inc_grad(model_id, name, value)
         if self.watcher is not None:
-            self.watcher.grads_stale = True
+            self.watcher.grad_set()
 
 
 def watch_params(node: Model, watcher: Any) -> bool:
-    """Have `watcher.stale = True` set whenever one of `node`'s params is set, and
-    `watcher.grads_stale = True` whenever a gradient is. False where the node's ParamServer is
-    not Thinc's plain local one (a remote `proxy`): then the watcher cannot rely on the flags
-    and must check every call."""
+    """Have `watcher.param_set()` called whenever one of `node`'s params is set, and
+    `watcher.grad_set()` whenever a gradient is. False where the node's ParamServer is not
+    Thinc's plain local one (a remote `proxy`): then the watcher cannot rely on being told and
+    must check every call."""
     server = node._params
     if type(server) is ParamServer and server.proxy is None:
         server.__class__ = WatchedParams  # the same object: nothing that holds it is left behind
