@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from thinc.api import SGD, Adam
 
+from tests.helpers import assert_gradients_equal_torch
 from torchlayers import with_torch
 
 from .strategies import module_and_input
@@ -24,16 +25,8 @@ def test_gradients_equal_plain_torch(case, seed):
     """W2: gradients equal those of plain torch autograd on the same module and inputs (bit for
     bit in float32)."""
     module, X = case
-    reference = copy.deepcopy(module)
-    model = with_torch(module)
-    dY = output_grad(model, X, seed)
-    _, backprop = model(X, is_train=True)
-    dX = backprop(dY)
-    X_t = torch.from_numpy(X.copy()).requires_grad_()
-    reference(X_t).backward(torch.from_numpy(dY))
-    assert_array_equal(dX, X_t.grad.numpy())
-    for name, param in reference.named_parameters():
-        assert_array_equal(model.get_grad(name), param.grad.numpy())
+    dY = output_grad(with_torch(copy.deepcopy(module)), X, seed)
+    assert_gradients_equal_torch(module, X, dY)
 
 
 @given(case=module_and_input(dtype=torch.float64), seed=st.integers(0, 100))

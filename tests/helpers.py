@@ -1,10 +1,14 @@
 """Reference code shared by the example tests and the properties."""
 
+import copy
 from typing import Dict, List
 
 import numpy
 import torch
+from numpy.testing import assert_array_equal
 from thinc.api import Model
+
+from torchlayers import with_torch
 
 NI, NH, NO = 6, 5, 3
 
@@ -83,3 +87,17 @@ def run_threads(work, count: int, timeout: float = 60) -> bool:
     for thread in threads:
         thread.join(timeout=timeout)
     return not any(thread.is_alive() for thread in threads)
+
+
+def assert_gradients_equal_torch(module: torch.nn.Module, X: numpy.ndarray, dY: numpy.ndarray):
+    """W2: with_torch(module)'s dX and parameter gradients equal plain torch autograd on a
+    copy of the module, bit for bit."""
+    reference = copy.deepcopy(module)
+    model = with_torch(module)
+    _, backprop = model(X, is_train=True)
+    dX = backprop(dY)
+    X_t = torch.from_numpy(X.copy()).requires_grad_()
+    reference(X_t).backward(torch.from_numpy(dY))
+    assert_array_equal(dX, X_t.grad.numpy())
+    for name, param in reference.named_parameters():
+        assert_array_equal(model.get_grad(name), param.grad.numpy())

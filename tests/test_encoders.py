@@ -7,6 +7,7 @@ few steps with nlp.update on a tiny corpus made here; the expensive parts (train
 the fresh process, `spacy train`) run once per module.
 """
 
+import inspect
 import json
 import os
 import subprocess
@@ -125,20 +126,14 @@ def describe(doc) -> Dict[str, Any]:
     }
 
 
-LOAD = """
+# Run in a fresh process: the same `describe`, its source copied in (no test imports there).
+LOAD = f"""
 import json, sys
+from typing import Any, Dict
 import spacy  # no torchlayers import: the spacy_architectures entry points find the encoders
 texts = json.loads(sys.argv[1])
-def describe(doc):
-    return {
-        "tags": [t.tag_ for t in doc],
-        "heads": [t.head.i for t in doc],
-        "deps": [t.dep_ for t in doc],
-        "ents": [(e.start, e.end, e.label_) for e in doc.ents],
-        "cats": doc.cats,
-        "tensor": doc.tensor.tolist(),
-    }
-print(json.dumps({p: [describe(d) for d in spacy.load(p).pipe(texts)] for p in sys.argv[2:]}))
+{inspect.getsource(describe)}
+print(json.dumps({{p: [describe(d) for d in spacy.load(p).pipe(texts)] for p in sys.argv[2:]}}))
 """
 
 

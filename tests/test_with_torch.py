@@ -20,7 +20,7 @@ from thinc.api import (
 
 from torchlayers import with_torch
 
-from .helpers import NH, NI, NO, batch, mlp, train_step
+from .helpers import NH, NI, NO, assert_gradients_equal_torch, batch, mlp, train_step
 
 
 def params_of(model) -> dict:
@@ -114,17 +114,7 @@ def test_trains_the_very_module_and_fires_its_hooks():
 
 def test_gradients_equal_torch_autograd_bit_for_bit():
     """W2: parameter gradients and dX equal plain torch autograd exactly in float32."""
-    module = mlp()
-    reference = copy.deepcopy(module)
-    model = with_torch(module)
-    X, dY = batch(), batch(4, NO, seed=3)
-    _, backprop = model(X, is_train=True)
-    dX = backprop(dY)
-    X_t = torch.from_numpy(X.copy()).requires_grad_()
-    reference(X_t).backward(torch.from_numpy(dY))
-    assert_array_equal(dX, X_t.grad.numpy())
-    for name, param in reference.named_parameters():
-        assert_array_equal(model.get_grad(name), param.grad.numpy())
+    assert_gradients_equal_torch(mlp(), batch(), batch(4, NO, seed=3))
 
 
 def test_gradients_agree_with_finite_differences_float64():
