@@ -265,7 +265,7 @@ def test_averaged_encoder() -> None:
 def test_bilstm_equals_a_packed_bidirectional_lstm() -> None:
     """E2: the BiLSTM module gives what torch's bidirectional nn.LSTM gives on a
     PackedSequence (pack_padded_sequence, enforce_sorted=False) with the same weights, layer by
-    layer, outputs and input gradients (float32 rounding)."""
+    layer, outputs and input gradients (float32 rounding); under no_grad, the same outputs."""
     from torchlayers.spacy._bilstm import BiLSTM
 
     torch.manual_seed(0)
@@ -301,3 +301,5 @@ def test_bilstm_equals_a_packed_bidirectional_lstm() -> None:
         n = lengths[i]
         assert_allclose(Y[i, :n].detach().numpy(), Y_ref[k, :n].detach().numpy(), atol=1e-6)
     assert_allclose(X_ours.grad.numpy(), X_ref.grad.numpy(), atol=1e-6)
+    with torch.no_grad():  # a prediction lays the rows out without the backward's inverses
+        assert torch.equal(ours(X, mask), Y.detach())

@@ -1,6 +1,6 @@
 """BiLSTM: a bidirectional LSTM over a padded batch whose outputs ignore the padding."""
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy
 import torch
@@ -40,7 +40,8 @@ class BiLSTM(torch.nn.Module):
         batch, max_len, _ = X.shape
         if mask is None:
             mask = X.new_ones((batch, max_len), dtype=torch.bool)
-        order = Orders(mask, between=len(self.forwards) > 1)
+        # A prediction (autograd off) needs no inverse indices: no backward pass will run.
+        order = Orders(mask, between=len(self.forwards) > 1, inverse=torch.is_grad_enabled())
         # Time-major inside (torch's CPU LSTM runs faster on it: batch_first transposes per
         # call). Each gather below is one copy that lays the rows out for the next step.
         both = gather_rows(X, order.inputs, (2, max_len, batch, -1))  # [forward, reversed]
@@ -57,13 +58,15 @@ class BiLSTM(torch.nn.Module):
         raise AssertionError("unreachable: depth >= 1")
 
 
-Index = Tuple[torch.Tensor, torch.Tensor]  # (rows to take, where each source row went)
+# (rows to take, where each source row went: None where no backward pass will run)
+Index = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
 class Orders:
     """Flat row indices that lay out each step's rows, with their inverses for the backward
-    pass. Doc b has n_b real tokens; rev(t, b) = n_b - 1 - t for t < n_b, else t (each doc
-    reversed within its length, its padding left in place).
+    pass (without them where `inverse` is False: a prediction). Doc b has n_b real tokens;
+    rev(t, b) = n_b - 1 - t for t < n_b, else t (each doc reversed within its length, its
+    padding left in place).
 
     inputs: from X (B, T) to (2, T, B): [0] time-major, [1] each doc reversed.
     outputs: from the two directions' (2, T, B) rows to (B, T, 2): the backward direction's
@@ -74,7 +77,7 @@ class Orders:
     costs in torch's small ops (on a 5 ms prediction, it shows).
     """
 
-    def __init__(self, mask: torch.Tensor, between: bool = False) -> None:
+    def __init__(self, mask: torch.Tensor, between: bool = False, inverse: bool = True) -> None:
         batch, max_len = mask.shape
         cpu = not mask.is_cuda
         xp: Any = numpy if cpu else torch
@@ -90,30 +93,31 @@ class Orders:
         # also where the outputs come from.
         from_x = xp.stack([docs * max_len + steps, docs * max_len + rev])
         to_bt = xp.stack([ahead.T, back.T], -1)
-        self.inputs = self._pair(from_x, to_bt)
         direction = xp.stack([steps * 0, steps * 0 + 1])  # (2, T, 1): 0 forwards, 1 backwards
-        self.outputs = self._pair(to_bt, from_x * 2 + direction)
+        self.inputs = self._pair(from_x, lambda: to_bt, inverse)
+        self.outputs = self._pair(to_bt, lambda: from_x * 2 + direction, inverse)
         if between:
             taken = xp.stack(
                 [xp.stack([ahead, back], -1), xp.stack([rev * batch + docs, cells + ahead], -1)]
             )
-            back_rev = (max_len + rev) * batch + docs
-            went = xp.stack(
-                [
-                    xp.stack([ahead * 2, back_rev * 2], -1),
-                    xp.stack(
-                        [(rev * batch + docs) * 2 + 1, ((max_len + steps) * batch + docs) * 2 + 1],
-                        -1,
-                    ),
-                ]
-            )
-            self.between = self._pair(taken, went)
+
+            def went() -> Any:
+                back_rev = (max_len + rev) * batch + docs
+                forwards = xp.stack([ahead * 2, back_rev * 2], -1)
+                again = ((max_len + steps) * batch + docs) * 2 + 1
+                return xp.stack([forwards, xp.stack([(rev * batch + docs) * 2 + 1, again], -1)])
+
+            self.between = self._pair(taken, went, inverse)
 
     @staticmethod
-    def _pair(taken: Any, went: Any) -> Index:
+    def _pair(taken: Any, went: Callable[[], Any], inverse: bool) -> Index:
+        """(taken, went) flat, as tensors; went only with `inverse` (None for a prediction)."""
+        inverted = went() if inverse else None
         if isinstance(taken, numpy.ndarray):
-            return torch.from_numpy(taken.reshape(-1)), torch.from_numpy(went.reshape(-1))
-        return taken.reshape(-1), went.reshape(-1)
+            return torch.from_numpy(taken.reshape(-1)), (
+                None if inverted is None else torch.from_numpy(inverted.reshape(-1))
+            )
+        return taken.reshape(-1), None if inverted is None else inverted.reshape(-1)
 
 
 def arange(xp: Any, n: int, device: torch.device) -> Any:
@@ -128,8 +132,10 @@ def gather_rows(X: torch.Tensor, index: Index, shape: Tuple[int, ...]) -> torch.
     copies went: the backward pass gathers the gradient rows back with it and sums the copies
     (`index_select`'s own backward scatter-adds: 3x slower here).
     """
-    width = X.shape[-1]
-    return Gather.apply(X.reshape(-1, width), *index).reshape(shape)
+    rows = X.reshape(-1, X.shape[-1])
+    if index[1] is None:  # a prediction: no backward, so no autograd Function either
+        return rows.index_select(0, index[0]).reshape(shape)
+    return Gather.apply(rows, *index).reshape(shape)
 
 
 class Gather(torch.autograd.Function):
