@@ -12,12 +12,13 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy
 import torch
-from thinc.api import Adam, PyTorchLSTM
+from thinc.api import PyTorchLSTM
 
 from torchlayers.spacy.encoders import build_torch_bilstm_encoder
 from torchlayers.with_padding import pad
 
 from ._timing import medians, report
+from .bench_with_torch import thinc_adam, thinc_step
 
 WIDTH, N_DOCS, SHORTEST, LONGEST = 96, 32, 5, 40
 
@@ -30,10 +31,6 @@ def docs_and_grads() -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
     return Xs, [rng.standard_normal(x.shape, dtype=numpy.float32) for x in Xs]
 
 
-def thinc_adam() -> Adam:
-    return Adam(1e-3, grad_clip=0.0, use_averages=False)
-
-
 def models(Xs: List[numpy.ndarray]) -> Dict[str, object]:
     torch.manual_seed(0)
     ours = build_torch_bilstm_encoder(WIDTH)
@@ -44,15 +41,6 @@ def models(Xs: List[numpy.ndarray]) -> Dict[str, object]:
 
 
 def training_steps(Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Dict[str, Callable]:
-    def thinc_step(model, optimizer: Adam) -> Callable[[], object]:
-        def step() -> object:
-            _, backprop = model(Xs, is_train=True)
-            dXs = backprop(dYs)
-            model.finish_update(optimizer)
-            return dXs
-
-        return step
-
     made = models(Xs)
     lstm = torch.nn.LSTM(WIDTH, WIDTH // 2, bidirectional=True, batch_first=True)
     torch_adam = torch.optim.Adam(lstm.parameters(), lr=1e-3)
@@ -72,8 +60,8 @@ def training_steps(Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Dict[st
         return X.grad
 
     return {
-        "ours": thinc_step(made["ours"], thinc_adam()),
-        "PyTorchLSTM": thinc_step(made["PyTorchLSTM"], thinc_adam()),
+        "ours": thinc_step(made["ours"], Xs, dYs, thinc_adam()),
+        "PyTorchLSTM": thinc_step(made["PyTorchLSTM"], Xs, dYs, thinc_adam()),
         "torch, packed": torch_packed,
         "padding": padding(made["ours"], Xs, dYs),
     }

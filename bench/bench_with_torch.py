@@ -73,23 +73,26 @@ def training_steps(shape: Tuple[int, int, int, int], device: str) -> Dict[str, C
         torch_adam.zero_grad(set_to_none=True)
         return as_array(X_leaf.grad) if needs_dX else None
 
-    def thinc_step(model: Any, optimizer: Adam) -> Callable[[], object]:
-        def step() -> object:
-            _, backprop = model(X, is_train=True)
-            dX = backprop(dY)
-            model.finish_update(optimizer)
-            return dX
-
-        return step
-
     ours = on_device(with_torch(mlp(nI, nH, nO, "cpu")), device)
     wrapper = on_device(PyTorchWrapper(mlp(nI, nH, nO, device)), device)
     return {
         "torch": lambda: torch_step(True),
         "torch, no dX": lambda: torch_step(False),
-        "with_torch": thinc_step(ours, thinc_adam()),
-        "PyTorchWrapper": thinc_step(wrapper, thinc_adam()),
+        "with_torch": thinc_step(ours, X, dY, thinc_adam()),
+        "PyTorchWrapper": thinc_step(wrapper, X, dY, thinc_adam()),
     }
+
+
+def thinc_step(model: Any, X: Any, dY: Any, optimizer: Adam) -> Callable[[], object]:
+    """One Thinc training step: forward, backprop from the fixed `dY`, the optimizer."""
+
+    def step() -> object:
+        _, backprop = model(X, is_train=True)
+        dX = backprop(dY)
+        model.finish_update(optimizer)
+        return dX
+
+    return step
 
 
 def predictions(shape: Tuple[int, int, int, int], device: str) -> Dict[str, Callable]:

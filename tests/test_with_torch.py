@@ -600,6 +600,23 @@ def test_a_copy_loads_before_it_ever_ran():
 # -- W10: bad input -----------------------------------------------------------------------
 
 
+def test_a_copy_uses_params_before_it_ever_ran():
+    """W5: a copy's use_params(averages) swaps and restores the torch side from the start
+    (Thinc copies the shims before it builds the node; the copy introduces them)."""
+    model = with_torch(mlp())
+    optimizer = trained_with_averages(model)
+    twin = model.copy()
+    averages = {(twin.id, name): value for (_, name), value in optimizer.averages.items()}
+    X = batch()
+    live = model.predict(X)
+    with pytest.raises(KeyError):
+        with twin.use_params(averages):
+            assert_array_equal(twin.predict(X), expected_of(twin.shims[0].module, X))
+            assert not numpy.allclose(twin.predict(X), live)
+            raise KeyError("boom")
+    assert_array_equal(twin.predict(X), live)
+
+
 def test_wrong_width_names_layer_expected_and_actual():
     """W10: an input of the wrong width names the layer, the expected and the actual shape."""
     model = with_torch(mlp())

@@ -72,6 +72,9 @@ class Layer(Model[InT, OutT]):
     def _copy(self: SelfT, seen: Optional[Dict] = None) -> SelfT:
         copied = super()._copy(seen)
         copied.__class__ = type(self)  # Thinc's _copy builds a plain Model; same slots
+        for shim in copied.shims:  # copied before Thinc built this node: introduce them
+            if isinstance(shim, NodeShim):
+                shim.bind(copied)
         return copied
 
 

@@ -70,9 +70,10 @@ class TorchShim(TorchSaving):
         super().bind(node)
         if self._name is None:
             self._name = node.name
+        if self.links.params and all(node.has_param(name) for name in self.links.params):
+            self.links.sync(node)  # a copy: link to its arrays now, so use_params can restore
 
     def sync(self, node: Model) -> None:
-        self._node = node  # a copy's shim meets its node here (its links start stale)
         self.links.sync(node)
 
     follow_params = sync  # NodeShim's hook: an ancestor swapped the node's arrays

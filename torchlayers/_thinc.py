@@ -13,7 +13,7 @@ from thinc.shims.shim import Shim
 class NodeShim(Shim):
     """A shim that knows its node. Thinc calls shims' hooks (`use_params`, `from_bytes`,
     `finish_update`) without the node; the node's forward/init and our own hooks `bind` it.
-    A copy's shim starts unbound: Thinc builds the copy's node after copying the shims."""
+    A copy's shim is copied before Thinc builds the copy's node: `Layer._copy` binds it."""
 
     def __init__(self, model: Any = None, config: Optional[Dict] = None) -> None:
         super().__init__(model, config=config)
@@ -119,19 +119,13 @@ def write_dim(node: Model, name: str, value: int) -> None:
 
 
 def wrapper_forward(model: Model, X: Any, is_train: bool) -> Tuple[Any, Any]:
-    """Forward of a node that wraps one layer and keeps a NodeShim (averaged, data_parallel):
-    bind the shim (a copy's shim learns its node here), then run the layer unchanged."""
-    for shim in model.shims:
-        if isinstance(shim, NodeShim):
-            shim.bind(model)
+    """Forward of a node that wraps one layer and adds no work of its own to a call
+    (averaged, data_parallel, resizable): run the layer unchanged."""
     return model.layers[0](X, is_train)
 
 
 def wrapper_init(model: Model, X: Any = None, Y: Any = None) -> None:
-    """Init of such a node: bind, initialize the layer, take its dims."""
-    for shim in model.shims:
-        if isinstance(shim, NodeShim):
-            shim.bind(model)
+    """Init of such a node: initialize the layer, take its dims."""
     layer = model.layers[0]
     layer.initialize(X, Y)
     for name in layer.dim_names:

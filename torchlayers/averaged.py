@@ -67,7 +67,7 @@ def averaged(layer: Model[InT, OutT], max_decay: float = 0.9999) -> Model[InT, O
     return model
 
 
-forward = wrapper_forward  # bind the shim, run the layer
+forward = wrapper_forward  # run the layer
 init = wrapper_init
 
 

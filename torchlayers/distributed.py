@@ -84,7 +84,7 @@ def data_parallel(
     return model
 
 
-forward = wrapper_forward  # bind the shim, run the layer
+forward = wrapper_forward  # run the layer
 init = wrapper_init
 
 

@@ -1,6 +1,6 @@
 """resizable: grow or shrink the input and output units of a trained layer, in place."""
 
-from typing import Callable, List, Optional, Tuple, TypeVar, cast
+from typing import List, Optional, Tuple, TypeVar, cast
 
 from thinc.api import Model, registry
 
@@ -18,7 +18,7 @@ from ._resize_params import (
     torch_size,
 )
 from ._shim import TorchShim
-from ._thinc import NodeShim, write_dim
+from ._thinc import NodeShim, wrapper_forward, write_dim
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -83,8 +83,7 @@ def resizable(
     return model
 
 
-def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Callable]:
-    return model.layers[0](X, is_train)
+forward = wrapper_forward  # the layer's own forward: resizing happens between calls
 
 
 def init(model: Model[InT, OutT], X: Optional[InT] = None, Y: Optional[OutT] = None) -> None:
