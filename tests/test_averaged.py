@@ -262,6 +262,24 @@ def test_copy_after_update_keeps_pending_average():
         assert_array_equal(model.predict(X), expected)
 
 
+def test_a_copy_knows_its_nodes_before_it_ever_runs():
+    """A1, W5: Thinc copies shims before it builds the copy's nodes; each copied node is
+    introduced to its shims at once, so a copy can step and average before any forward."""
+    from torchlayers._thinc import NodeShim
+
+    model = make_model()
+    step(model, SGD(0.2))
+    twin = model.copy()
+    shims = [(node, shim) for node in twin.walk() for shim in node.shims]
+    assert shims and all(shim.node() is node for node, shim in shims if isinstance(shim, NodeShim))
+    step(twin, SGD(0.2))
+    step(model, SGD(0.2))
+    with use_averages(model):
+        expected = model.predict(X)
+    with use_averages(twin):
+        assert_array_equal(twin.predict(X), expected)
+
+
 def test_with_thinc_optimizer_averages():
     """A2: averaged and Optimizer(use_averages=True) together: both swap in and restore."""
     model = make_model()

@@ -135,8 +135,8 @@ class TensorLinks:
                 for name, param in self.params.items()
                 if name in links and param.grad is links[name][1]
             ]
-            # `stale`: the node's ParamServer is not watched (a remote one): check every call
-            self.grads_stale = self.stale or len(self.linked_grads) != len(self.params)
+            # unwatched (a remote ParamServer): check every call
+            self.grads_stale = not self.watched or len(self.linked_grads) != len(self.params)
 
     def drop_grads(self, node: Model) -> None:
         """Forget every gradient, so Thinc's finish_update skips the params (an overflow)."""

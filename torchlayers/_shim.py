@@ -134,8 +134,10 @@ class TorchShim(TorchSaving):
 class ShimLink:
     """`attrs["with_torch"]` of a with_torch node: its (de)serializers hand the node to its shim.
 
-    Thinc calls a shim's `to_bytes`/`from_bytes` without the node, and a copied node's shim has
-    never met it. Thinc does call attr (de)serializers with the node, before the shims.
+    Thinc calls a shim's `to_bytes`/`from_bytes` without the node; it does call attr
+    (de)serializers with the node, before the shims. `Layer._copy` already introduces a copy's
+    shims to their node; the link checks again at each save and load, and is part of the
+    saved format.
     """
 
     def __deepcopy__(self, memo: Dict) -> "ShimLink":
