@@ -8,15 +8,23 @@ Flags are written into each submodule's `__dict__`: `nn.Module.train()` goes thr
 `__setattr__` and costs microseconds per submodule (P2, P11).
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.nn.modules.dropout import _DropoutNd
 
+# Dropout rates that modules keep as a plain float instead of in an `nn.Dropout` submodule,
+# as (class, attribute): `nn.MultiheadAttention` passes `self.dropout` to the attention kernel.
+FLOAT_RATES: Tuple[Tuple[type, str], ...] = ((torch.nn.MultiheadAttention, "dropout"),)
+
+# Where one dropout rate lives: a submodule's `__dict__` and the key in it.
+RateHolder = Tuple[Dict[str, Any], str]
+
 
 class Modes:
-    """The train/eval flags of one module, its Dropout submodules' rates during a training call
-    (D6), and the count of training calls begun and ended."""
+    """The train/eval flags of one module, its dropout rates during a training call (D6: every
+    `nn.Dropout` and every rate in `FLOAT_RATES`), and the count of training calls begun and
+    ended."""
 
     def __init__(self, module: Optional[torch.nn.Module]) -> None:
         self.holders: List[Dict[str, Any]] = (
@@ -38,15 +46,15 @@ class Modes:
         self.set_all(True)
         if rate is None:
             return None
-        before = [m.p for m in self.dropouts]
-        for m in self.dropouts:
-            m.p = rate
+        before = [holder[key] for holder, key in self.dropouts]
+        for holder, key in self.dropouts:
+            holder[key] = rate
         return before
 
     def end_training(self, rates: Optional[List[float]] = None) -> None:
         if rates is not None:
-            for m, p in zip(self.dropouts, rates):
-                m.p = p
+            for (holder, key), p in zip(self.dropouts, rates):
+                holder[key] = p
         self.set_all(False)
         self.training_calls += 1
 
@@ -64,8 +72,14 @@ class Modes:
         return calls
 
 
-def torch_dropouts(module: torch.nn.Module) -> List[_DropoutNd]:
-    return [m for m in module.modules() if isinstance(m, _DropoutNd)]
+def torch_dropouts(module: torch.nn.Module) -> List[RateHolder]:
+    """Every dropout rate under `module`: `nn.Dropout`'s `p`, and the `FLOAT_RATES`."""
+    holders: List[RateHolder] = []
+    for sub in module.modules():
+        if isinstance(sub, _DropoutNd):
+            holders.append((sub.__dict__, "p"))
+        holders.extend((sub.__dict__, key) for kind, key in FLOAT_RATES if isinstance(sub, kind))
+    return holders
 
 
 def busy(layer: str) -> str:

@@ -2,7 +2,7 @@
 device. No Thinc state here: functions of a module and a node.
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from thinc.api import Model
@@ -34,17 +34,31 @@ def check_device(model: Model, module: torch.nn.Module) -> None:
 
 
 def set_dims_from_module(model: Model, module: torch.nn.Module, force: bool = False) -> None:
-    """Read nI/nO from the first and last layers that say them (Linear, Embedding).
+    """Read nI/nO from the module: its own int attributes `nI`/`nO` where it has them (a
+    module whose first layer is no Linear, such as an LSTM stack, can say its widths so),
+    else the first and last layers that say them (Linear, Embedding).
 
     force: overwrite dims already set (a factory may build another width than it was asked:
     chain's init hands every unset nO the output's width).
     """
+    dims = dict(zip(("nI", "nO"), layer_dims(module)))
+    dims.update({name: getattr(module, name) for name in dims if declared(module, name)})
+    for name, value in dims.items():
+        if value is not None and (force or model.maybe_get_dim(name) is None):
+            model.set_dim(name, value, force=True)
+
+
+def layer_dims(module: torch.nn.Module) -> Tuple[Optional[int], Optional[int]]:
+    """The input width of the first Linear/Embedding, the output width of the last."""
     layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
     if not layers:
-        return
+        return None, None
     first, last = layers[0], layers[-1]
     nI = first.in_features if isinstance(first, torch.nn.Linear) else first.num_embeddings
     nO = last.out_features if isinstance(last, torch.nn.Linear) else last.embedding_dim
-    for name, value in (("nI", nI), ("nO", nO)):
-        if force or model.maybe_get_dim(name) is None:
-            model.set_dim(name, value, force=True)
+    return nI, nO
+
+
+def declared(module: torch.nn.Module, name: str) -> bool:
+    value = getattr(module, name, None)
+    return isinstance(value, int) and not isinstance(value, bool)

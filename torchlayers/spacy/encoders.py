@@ -101,7 +101,7 @@ def build_torch_transformer_encoder(
 
 
 class BiLSTMFactory:
-    """`(nI, nO) -> BiLSTM`, built at initialize once the input width is known."""
+    """`(nI, nO) -> BiLSTM`, built at initialize: nI from the sample data, else `width` (E5)."""
 
     __name__ = "BiLSTM"  # with_torch names the node after it: with_torch(BiLSTM)
 
@@ -109,11 +109,11 @@ class BiLSTMFactory:
         self.width, self.depth, self.dropout = width, depth, dropout
 
     def __call__(self, nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
-        return BiLSTM(need_nI("BiLSTM", nI), self.width, self.depth, self.dropout)
+        return BiLSTM(input_width(nI, self.width), self.width, self.depth, self.dropout)
 
 
 class TransformerFactory:
-    """`(nI, nO) -> Transformer`, built at initialize once the input width is known."""
+    """`(nI, nO) -> Transformer`, built at initialize: nI from the sample data, else `width`."""
 
     __name__ = "Transformer"
 
@@ -121,14 +121,19 @@ class TransformerFactory:
         self.width, self.depth, self.heads, self.dropout = width, depth, heads, dropout
 
     def __call__(self, nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
-        nI = need_nI("Transformer", nI)
+        nI = input_width(nI, self.width)
         return Transformer(nI, self.width, self.depth, self.heads, self.dropout)
 
 
-def need_nI(name: str, nI: Optional[int]) -> int:
-    if nI is None:
-        raise ValueError(f"{name}: the input width is unknown; initialize with sample data")
-    return nI
+def input_width(nI: Optional[int], width: int) -> int:
+    """The input width: inferred from sample data, else the encoder's own `width` (E5).
+
+    spaCy initializes a tok2vec without data in its own tests and fixtures, and its encoders
+    (`MaxoutWindowEncoder`, `TorchBiLSTMEncoder`) take `width` inputs: spaCy's `Tok2Vec.v2`
+    embeds each token into `width` columns before the encoder. A doc of another width is then
+    refused by name at its first call (`with_padding`'s check).
+    """
+    return width if nI is None else nI
 
 
 register(
