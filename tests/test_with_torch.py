@@ -729,3 +729,47 @@ def test_inputs_of_any_layout_predict_alike():
     numpy.testing.assert_allclose(model.predict(numpy.asfortranarray(X)), fast, 1e-5, 1e-6)
     numpy.testing.assert_allclose(model.predict(X[::-1])[::-1], fast, 1e-5, 1e-6)
     assert_array_equal(with_torch(torch.nn.ModuleDict({"a": mlp()})["a"]).predict(X), fast)
+
+
+class TokenEncoder(torch.nn.Module):
+    """A module called as a Hugging Face model is: token ids and a mask as keyword arguments,
+    a dict out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 4)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.embed(input_ids) * attention_mask[..., None]
+        return {"last_hidden_state": hidden, "pooled": hidden.mean(1)}
+
+
+def test_a_dict_of_token_ids_names_the_layer_and_argskwargs():
+    """W1, W10: a dict (or a tokenizer's BatchEncoding, a UserDict) goes to the module as one
+    argument; the refusal names the layer and ArgsKwargs, not the vocabulary's size as an
+    input width; ArgsKwargs then works."""
+    from collections import UserDict
+
+    model = with_torch(TokenEncoder())
+    ids = {"input_ids": numpy.array([[1, 2, 3]]), "attention_mask": numpy.ones((1, 3), "int64")}
+    for X in (ids, UserDict(ids)):
+        with pytest.raises(ValueError, match=r"with_torch\(TokenEncoder\).*ArgsKwargs") as err:
+            model.predict(X)
+        assert "(*, 50)" not in str(err.value) and "input_ids: ndarray(1, 3)" in str(err.value)
+    Y = model.predict(ArgsKwargs(args=(), kwargs=ids))
+    assert Y["last_hidden_state"].shape == (1, 3, 4)
+
+
+def test_a_bare_array_as_the_gradient_of_a_dict_output_names_the_keys():
+    """W1, W10: the gradient of a dict output is a dict; an array there is refused with the
+    layer's name and the output's keys (no AttributeError from inside), and a dict with one
+    key (the other output without a gradient) works."""
+    model = with_torch(TokenEncoder())
+    ids = {"input_ids": numpy.array([[1, 2, 3]]), "attention_mask": numpy.ones((1, 3), "int64")}
+    Y, backprop = model(ArgsKwargs(args=(), kwargs=ids), is_train=True)
+    dH = numpy.ones_like(Y["last_hidden_state"])
+    with pytest.raises(TypeError, match=r"with_torch\(TokenEncoder\).*\['last_hidden_state', "):
+        backprop(dH)
+    Y, backprop = model(ArgsKwargs(args=(), kwargs=ids), is_train=True)
+    backprop({"last_hidden_state": dH})
+    assert model.get_grad("embed.weight")[1:4].sum() == 12

@@ -4,6 +4,7 @@ numpy arrays cross with `torch.from_numpy` / `Tensor.numpy()` and cupy arrays wi
 both share memory, so a contiguous float32 array and the tensor torch sees are the same bytes (P5).
 """
 
+from collections.abc import Mapping
 from typing import Any, Callable, List, Tuple
 
 import numpy
@@ -104,14 +105,31 @@ def pair_leaves(outputs: Any, grads: Any) -> List[Tuple[Any, Any]]:
     """Pair each array leaf of `outputs` with the leaf at the same place in `grads`.
 
     `grads` mirrors `outputs` (as Thinc's dY mirrors Y); a missing or None gradient pairs with None.
+    A gradient of another structure (an array for a dict output) raises TypeError saying the
+    structure expected, for the caller to prefix with the layer's name.
     """
     if is_array(outputs):
+        if grads is not None and not is_array(grads):
+            raise TypeError(
+                f"expected an array as the gradient of output {describe(outputs)}, "
+                f"got {describe(grads)}"
+            )
         return [(outputs, grads)]
     if grads is None:
         return [(leaf, None) for leaf in _leaves(outputs)]
     if isinstance(outputs, (list, tuple)):
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(
+                f"expected the gradient as a list or tuple mirroring the output "
+                f"{describe(outputs)}, got {describe(grads)}"
+            )
         return [pair for out, grad in zip(outputs, grads) for pair in pair_leaves(out, grad)]
     if isinstance(outputs, dict):
+        if not isinstance(grads, Mapping):
+            raise TypeError(
+                f"expected the gradient as a dict with the output's keys {list(outputs)} "
+                f"(None or missing where an output has none), got {describe(grads)}"
+            )
         return [pair for key in outputs for pair in pair_leaves(outputs[key], grads.get(key))]
     return []
 
@@ -130,6 +148,7 @@ def describe(value: Any) -> str:
         return f"ArgsKwargs({describe(list(value.args))}, {describe(value.kwargs)})"
     if isinstance(value, (list, tuple)):
         return type(value).__name__ + "[" + ", ".join(describe(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key}: {describe(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, Mapping):  # a dict, or a tokenizer's BatchEncoding (a UserDict)
+        kind = "" if isinstance(value, dict) else type(value).__name__
+        return kind + "{" + ", ".join(f"{k}: {describe(item)}" for k, item in value.items()) + "}"
     return type(value).__name__

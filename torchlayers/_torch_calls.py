@@ -7,6 +7,7 @@ forward, init); this file the calls, written for a fixed cost per call of a few 
 (P11): the common cases are spelled out rather than routed through general helpers.
 """
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, Dict, List, NoReturn, Optional
 
@@ -87,7 +88,9 @@ def call_module(model: Model, shim: TorchShim, module: torch.nn.Module, Xt: Any,
         raise_rejected(model, X, err)
 
 
-CALL_ERRORS = (RuntimeError, TypeError, IndexError)  # what torch raises for a wrong input
+# What torch raises for a wrong input; AttributeError: what a module that reads `.size()` or
+# `.shape` of its argument raises for a dict (Hugging Face models given a BatchEncoding).
+CALL_ERRORS = (RuntimeError, TypeError, IndexError, AttributeError)
 
 
 def raise_rejected(model: Model, X: Any, err: Exception) -> NoReturn:
@@ -96,8 +99,16 @@ def raise_rejected(model: Model, X: Any, err: Exception) -> NoReturn:
     if isinstance(err, torch.OutOfMemoryError):
         raise err
     check_input(model, X)  # the clearer message, where the dims tell what was expected
+    hint = ""
+    if isinstance(X, Mapping):
+        hint = (
+            "; a dict goes to the module as one positional argument, module(X): for keyword "
+            "arguments (a tokenizer's BatchEncoding: input_ids=..., attention_mask=...) pass "
+            "ArgsKwargs(args=(), kwargs=dict(X))"
+        )
     raise ValueError(
-        f"{model.name}: the module rejected input {describe(X)}{expected_input(model)}: {err}"
+        f"{model.name}: the module rejected input {describe(X)}{expected_input(model, X)}: "
+        f"{type(err).__name__}: {err}{hint}"
     ) from err
 
 
@@ -108,7 +119,10 @@ def backward(
     if isinstance(Yt, torch.Tensor) and is_array(dY):
         pairs = [(Yt, dY)]
     else:
-        pairs = pair_leaves(Yt, dY)
+        try:
+            pairs = pair_leaves(Yt, dY)
+        except TypeError as err:  # dY of another structure than the output
+            raise TypeError(f"{model.name}: {err}") from None
     outputs, grads = [], []
     for y, dy in pairs:
         if dy is None or not y.requires_grad:
@@ -185,6 +199,10 @@ def check_input(model: Model, X: Any) -> None:
         raise ValueError(f"{model.name}: expected input (*, {nI}), got shape {tuple(X.shape)}")
 
 
-def expected_input(model: Model) -> str:
+def expected_input(model: Model, X: Any) -> str:
+    """The input width, where it means one: for float arrays (nI is read from the module's
+    first Linear or Embedding: for token ids it is the vocabulary's size, not a width)."""
     nI = model.maybe_get_dim("nI")
-    return f" (expected (*, {nI}))" if nI is not None else ""
+    if nI is None or not is_array(X) or X.dtype.kind != "f":
+        return ""
+    return f" (expected (*, {nI}))"
