@@ -20,6 +20,7 @@ from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
 spacy = pytest.importorskip("spacy")
 transformers = pytest.importorskip("transformers")
 from spacy.tokens import Doc  # noqa: E402
+from thinc.api import Adam, set_dropout_rate  # noqa: E402
 
 from torchlayers.spacy._hf_pieces import Specials, plan  # noqa: E402
 from torchlayers.spacy.hf_transformer import build_hf_transformer  # noqa: E402
@@ -38,14 +39,15 @@ def tiny(tmp_path_factory) -> str:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = tmp_path_factory.mktemp("tiny-bert")
-    (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(VOCAB), hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=128,
     )  # fmt: skip
     BertModel(config).save_pretrained(path)
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    tokenizer = BertTokenizerFast(vocab={piece: i for i, piece in enumerate(VOCAB)})
+    assert tokenizer(["the", "biggest"], is_split_into_words=True).input_ids == [2, 5, 12, 13, 3]
+    tokenizer.save_pretrained(path)
     return str(path)
 
 
@@ -207,3 +209,149 @@ def test_backward_equals_torch_autograd_through_windows_and_pooling(tiny):
         if param.grad is not None:
             assert_allclose(node.get_grad(name), param.grad.numpy(), atol=1e-5, err_msg=name)
     assert_allclose(numpy.concatenate(rows), pooled.detach().numpy(), atol=1e-5)
+
+
+# -- T5: fine-tuning controls ---------------------------------------------------------------
+
+
+def transformer_keys(model) -> set:
+    node = model.layers[0]
+    return {(node.id, name) for name in node.param_names}
+
+
+def params_of(node) -> dict:
+    return {name: node.get_param(name).copy() for name in node.param_names}
+
+
+def test_frozen_runs_without_autograd_gradient_or_optimizer_state(tiny):
+    """T5: frozen=true runs the transformer as in prediction also in training (eval mode,
+    autograd off), gives it no gradient, and Thinc's optimizer never sees its weights."""
+    model = built(tiny, frozen=True)
+    seen = []
+    module_of(model).register_forward_hook(
+        lambda mod, args, out: seen.append((torch.is_grad_enabled(), mod.training))
+    )
+    before = params_of(model.layers[0])
+    rows, backprop = model([doc(*SENTENCE)], is_train=True)
+    assert seen == [(False, False)]
+    assert backprop([numpy.ones_like(r) for r in rows]) == []
+    node = model.layers[0]
+    assert not any(node.has_grad(name) for name in node.param_names)
+    optimizer = Adam(0.01)
+    model.finish_update(optimizer)
+    assert not transformer_keys(model) & set(optimizer.mom1)
+    after = params_of(node)
+    assert all(numpy.array_equal(before[name], after[name]) for name in before)
+
+
+def one_step(model, optimizer, docs) -> None:
+    rows, backprop = model(docs, is_train=True)
+    backprop([numpy.full_like(r, 0.5) for r in rows])
+    model.finish_update(optimizer)
+
+
+def test_learn_rate_scale_steps_the_transformer_at_a_multiple_of_the_rate(tiny):
+    """T5: learn_rate_scale = s steps the transformer's weights as the same optimizer at s
+    times its rate would (Adam: exactly, not a gradient scale), once per update, with the
+    keys Thinc would use."""
+    docs = [doc(*SENTENCE)]
+    scaled = built(tiny, learn_rate_scale=0.25, dropout=0.0)
+    plain = built(tiny, dropout=0.0)
+    adam_scaled, adam_plain = Adam(0.01), Adam(0.0025)
+    for _ in range(2):
+        one_step(scaled, adam_scaled, docs)
+        one_step(plain, adam_plain, docs)
+    a, b = params_of(scaled.layers[0]), params_of(plain.layers[0])
+    moved = [name for name in a if not numpy.array_equal(a[name], module_init(tiny, name))]
+    assert len(moved) > 30  # every weight but the pooler's
+    for name in a:
+        assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    assert transformer_keys(scaled) >= set(adam_scaled.mom1) and adam_scaled.mom1
+    assert all(n == 2 for k, n in adam_scaled.nr_update.items() if k in adam_scaled.mom1)
+
+
+def module_init(directory: str, name: str) -> numpy.ndarray:
+    module = transformers.AutoModel.from_pretrained(directory)
+    return dict(module.named_parameters())[name].detach().numpy()
+
+
+def test_gradients_accumulate_over_backprops_before_one_update(tiny):
+    """T5, W4: two forward/backprop passes before one finish_update (spaCy's
+    accumulate_gradient) add their gradients."""
+    model = built(tiny, dropout=0.0)
+    first, second = [doc(*SENTENCE)], [doc("a", "cat", "is", "sleeping")]
+    node = model.layers[0]
+    grads = []
+    for docs in (first, second):
+        copy = model.copy()
+        one_pass(copy, docs)
+        grads.append(params_of_grads(copy.layers[0]))
+    one_pass(model, first)
+    one_pass(model, second)
+    total = params_of_grads(node)
+    for name in total:
+        assert_allclose(total[name], grads[0][name] + grads[1][name], atol=1e-6, err_msg=name)
+
+
+def one_pass(model, docs) -> None:
+    rows, backprop = model(docs, is_train=True)
+    backprop([numpy.full_like(r, 0.5) for r in rows])
+
+
+def params_of_grads(node) -> dict:
+    return {n: node.get_grad(n).copy() for n in node.param_names if node.has_grad(n)}
+
+
+# -- T4: what the combinators give ----------------------------------------------------------
+
+
+def test_use_params_averages_swap_every_transformer_weight(tiny):
+    """T4, W5: after a few Adam updates with averages, use_params(optimizer.averages) swaps
+    the averaged values into the transformer (a weight deep inside differs, predictions
+    change) and puts the live ones back."""
+    model = built(tiny)
+    optimizer = Adam(0.01, use_averages=True)
+    docs = [doc(*SENTENCE)]
+    for _ in range(3):
+        one_step(model, optimizer, docs)
+    node, name = model.layers[0], "encoder.layer.1.attention.self.query.weight"
+    live, live_rows = node.get_param(name).copy(), model.predict(docs)[0]
+    with model.use_params(optimizer.averages):
+        inside = dict(module_of(model).named_parameters())[name].detach().numpy().copy()
+        averaged_rows = model.predict(docs)[0]
+    assert_array_equal(inside, optimizer.averages[(node.id, name)])
+    assert not numpy.array_equal(inside, live) and not numpy.allclose(averaged_rows, live_rows)
+    assert_array_equal(dict(module_of(model).named_parameters())[name].detach().numpy(), live)
+    assert_array_equal(model.predict(docs)[0], live_rows)
+
+
+def test_copy_trains_independently(tiny):
+    """T4, W9: a copy has its own transformer: training it leaves the original as it was."""
+    model = built(tiny)
+    docs = [doc(*SENTENCE)]
+    before = model.predict(docs)[0]
+    copy = model.copy()
+    assert_array_equal(copy.predict(docs)[0], before)
+    one_step(copy, Adam(0.01), docs)
+    assert_array_equal(model.predict(docs)[0], before)
+    assert not numpy.allclose(copy.predict(docs)[0], before)
+
+
+def test_caller_dropout_reaches_the_transformer_dropout_modules(tiny):
+    """T4, D6: the caller's rate (set_dropout_rate, as nlp.update(drop=...) does) is the rate
+    of every nn.Dropout inside the transformer during a training call (BERT's attention reads
+    its dropout module's p), and eval mode still disables them in prediction."""
+    model = built(tiny, dropout=0.0)
+    dropouts = [m for m in module_of(model).modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 1 + 2 * 3  # embeddings; per layer: attention probs, two outputs
+    rates = []
+    for m in dropouts:
+        m.register_forward_pre_hook(lambda mod, args: rates.append((mod.p, mod.training)))
+    attention = module_of(model).encoder.layer[0].attention.self
+    attention.register_forward_pre_hook(lambda mod, args: rates.append((mod.dropout.p, 1)))
+    set_dropout_rate(model, 0.4)
+    model([doc(*SENTENCE)], is_train=True)
+    assert rates and all(rate == (0.4, True) for rate in rates)
+    assert all(m.p == 0.1 for m in dropouts)  # the config's rates, back after the call
+    rows = model.predict([doc(*SENTENCE)])[0]
+    assert_array_equal(rows, model.predict([doc(*SENTENCE)])[0])

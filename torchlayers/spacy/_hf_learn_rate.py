@@ -28,14 +28,17 @@ def learn_rate_node(target: Model, scale: float) -> Model:
     walk then meets `target` (and its shim's `finish_update`: the loss scaler's overflow
     check) first. It is never called."""
     check_scale(target.name, scale)
-    return Layer(
+    shim = ScaleShim()
+    node: Model = Layer(
         f"learn_rate_scale({target.name})",
         never_called,
         init=lambda model, X=None, Y=None: None,
         layers=[target],  # shared with the parent, which lists it first
-        shims=[ScaleShim()],
+        shims=[shim],
         attrs={"learn_rate_scale": scale},
     )
+    shim.bind(node)  # Layer._copy binds a copy's
+    return node
 
 
 def never_called(model: Model, X: Any, is_train: bool) -> Tuple[Any, Any]:
