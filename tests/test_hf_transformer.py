@@ -475,3 +475,72 @@ def test_bad_name_window_or_tokenizer_are_refused_at_initialize(tiny, monkeypatc
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Slow())
     with pytest.raises(ValueError, match=r"tokenizer Slow is not a fast one"):
         build_hf_transformer(tiny).initialize()
+
+
+# -- spacy train ----------------------------------------------------------------------------
+
+TRAIN_CONFIG = """
+[nlp]
+lang = "en"
+pipeline = ["ner"]
+
+[components]
+
+[components.ner]
+factory = "ner"
+
+[components.ner.model]
+@architectures = "spacy.TransitionBasedParser.v2"
+state_type = "ner"
+hidden_width = 16
+maxout_pieces = 2
+
+[components.ner.model.tok2vec]
+@architectures = "torchlayers.HFTransformer.v1"
+name = "{name}"
+window = 16
+stride = 8
+learn_rate_scale = 0.5
+
+[training]
+max_steps = 6
+eval_frequency = 3
+"""
+CLI = """
+import sys
+from spacy.cli import app  # spaCy's command line: the architecture comes from the entry points
+for command in sys.argv[1:]:
+    app(command.split(), standalone_mode=False)
+"""
+
+
+def test_spacy_train_with_the_transformer_in_ner(tiny, tmp_path):
+    """T1, C2: `spacy init fill-config` and `spacy train` with HFTransformer.v1 in the
+    tok2vec slot of spaCy's ner (found through the entry points, offline); the trained
+    pipeline loads."""
+    nlp = spacy.blank("en")
+    texts = [("the dog walked to paris .", "paris"), ("a cat is in berlin", "berlin"),
+             ("the biggest sun is in paris", "paris")]  # fmt: skip
+    docs = []
+    for text, place in texts:
+        d = nlp.make_doc(text)
+        start = text.index(place)
+        d.ents = [d.char_span(start, start + len(place), label="GPE")]
+        docs.append(d)
+    spacy.tokens.DocBin(docs=docs).to_disk(tmp_path / "train.spacy")
+    (tmp_path / "base.cfg").write_text(TRAIN_CONFIG.format(name=tiny))
+    commands = [
+        "init fill-config base.cfg config.cfg",
+        "train config.cfg --output out --paths.train train.spacy --paths.dev train.spacy",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", CLI, *commands],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert 'name = "' + tiny in (tmp_path / "config.cfg").read_text()
+    loaded = spacy.load(tmp_path / "out" / "model-last")
+    assert loaded("the dog walked to paris").ents is not None
+    nodes = loaded.get_pipe("ner").model.walk()
+    assert next(n for n in nodes if n.name == "hf_transformer").get_dim("nO") == WIDTH
