@@ -33,6 +33,7 @@ DEV = make_corpus(LABELS, 40, seed=2)
 NEW = make_corpus(LABELS + [NEW_LABEL], 160, seed=3)
 PROBES = [text for text, _ in DEV] + [text for text, _ in make_corpus([NEW_LABEL], 20, seed=4)]
 CACHE: Dict[bool, Tuple[Any, Any]] = {}
+EMA = 0.999  # the shared pipeline keeps torchlayers' EMA (max_decay set; the default has none)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -68,7 +69,7 @@ def trained(transitions: bool = False):
     """A pipeline trained on three types (shared: do not change it; see `fresh_copy`)."""
     if transitions not in CACHE:
         fix_random_seed(0)
-        nlp = make_nlp(transitions)
+        nlp = make_nlp(transitions, max_decay=EMA)
         nlp.initialize(lambda: examples(nlp, TRAIN))
         optimizer = Adam(0.01, use_averages=True)
         train(nlp, optimizer, TRAIN, epochs=4)
@@ -78,7 +79,7 @@ def trained(transitions: bool = False):
 
 def fresh_copy(nlp, transitions: bool):
     """The same pipeline, rebuilt from its config and loaded from bytes."""
-    copy = make_nlp(transitions)
+    copy = make_nlp(transitions, max_decay=EMA)
     return copy.from_bytes(nlp.to_bytes())
 
 
@@ -169,15 +170,28 @@ def test_set_output_takes_whole_types_only() -> None:
             ner.set_output(bad)
 
 
-def test_initialize_without_gold_entities_is_a_clear_error() -> None:
-    """N1: no gold entities and no labels: say so, no torch traceback."""
-    nlp = make_nlp()
-    plain = [Example(nlp.make_doc("no entities here"), nlp.make_doc("no entities here"))]
-    with pytest.raises(ValueError, match="no entity types"):
-        nlp.initialize(lambda: plain)
+@pytest.mark.parametrize("transitions", [False, True])
+def test_initialize_without_entities_gives_no_types_then_add_label_trains(
+    transitions: bool,
+) -> None:
+    """N6, N2: no gold entities and no labels: no types, one output (O), no entities
+    predicted; add_label then grows the model and the types train."""
+    fix_random_seed(0)
+    nlp = make_nlp(transitions)
+    plain = [Example(nlp.make_doc(t), nlp.make_doc(t)) for t in ("no entities here", "none")]
+    nlp.initialize(lambda: plain)
     ner = nlp.get_pipe("torch_ner")
-    ner.initialize(lambda: plain, labels=["CITY"])  # what [initialize.components] passes
-    assert ner.labels == ("CITY",) and ner.model.get_dim("nO") == 5
+    assert ner.labels == () and ner.tags == ["O"] and ner.model.get_dim("nO") == 1
+    assert ents(nlp) == [[] for _ in PROBES]
+    assert nlp.update(plain, sgd=Adam(0.01))["torch_ner"] == 0.0
+    for label in LABELS:
+        ner.add_label(label)
+    assert ner.model.get_dim("nO") == 13
+    train(nlp, Adam(0.01), TRAIN, epochs=4)
+    assert nlp.evaluate(examples(nlp, DEV))["ents_f"] > 0.6
+    other = make_nlp(transitions).get_pipe("torch_ner")
+    other.initialize(lambda: plain, labels=["CITY"])  # what [initialize.components] passes
+    assert other.labels == ("CITY",) and other.model.get_dim("nO") == 5
 
 
 @pytest.mark.parametrize("transitions", [False, True])
@@ -269,7 +283,7 @@ def test_to_disk_and_spacy_load_in_a_fresh_process(tmp_path: Path) -> None:
         path = tmp_path / f"crf{transitions}"
         nlp.to_disk(path)
         expected[str(path)] = [[list(e) for e in doc] for doc in ents(nlp)]
-        loaded = make_nlp(transitions).from_disk(path)
+        loaded = make_nlp(transitions, max_decay=EMA).from_disk(path)
         assert ents(loaded) == ents(nlp)
     done = subprocess.run(
         [sys.executable, "-c", LOAD, *expected, json.dumps(PROBES)],

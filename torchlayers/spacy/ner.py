@@ -24,18 +24,20 @@ from spacy.scorer import get_ner_prf
 from spacy.tokens import Doc
 from spacy.training import Example, biluo_tags_to_spans, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import ArgsKwargs, Config, Model, to_numpy
+from thinc.api import ArgsKwargs, Config, Model, Optimizer, set_dropout_rate, to_numpy
 from thinc.types import Floats2d
 
-from . import ner_model  # noqa: F401  registers torchlayers.TorchNER.v1
+from ._ner_teacher import annotated_columns, soft_loss, soft_targets, teacher_ids
+from ._registry import register
 from .biluo import check_label, tag_names, transition_scores, viterbi
+from .ner_model import copy_ner  # registers torchlayers.TorchNER.v1
 
 DEFAULT_MODEL_CONFIG = """
 [model]
 @architectures = "torchlayers.TorchNER.v1"
 hidden_width = 64
 dropout = 0.0
-max_decay = 0.999
+max_decay = null
 transitions = false
 
 [model.tok2vec]
@@ -49,6 +51,8 @@ maxout_pieces = 3
 subword_features = true
 """
 DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
+Teaching = Tuple[List[numpy.ndarray], Optional[numpy.ndarray]]  # a teacher's scores, transitions
+EMPTY = numpy.zeros((0,), dtype="i")  # no banned tags
 
 
 @Language.factory(
@@ -56,15 +60,51 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
     assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
     default_config={
         "model": DEFAULT_MODEL,
+        "annotated_types": None,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
 def make_torch_ner(
-    nlp: Language, name: str, model: Model[List[Doc], List[Floats2d]], scorer: Optional[Callable]
+    nlp: Language,
+    name: str,
+    model: Model[List[Doc], List[Floats2d]],
+    annotated_types: Optional[List[str]],
+    scorer: Optional[Callable],
 ) -> "TorchEntityRecognizer":
-    """The `torch_ner` component (see the module docstring)."""
-    return TorchEntityRecognizer(nlp.vocab, model, name, scorer=scorer)
+    """The `torch_ner` component (see the module docstring).
+
+    annotated_types: the entity types the training examples annotate (N5); None: every type.
+    """
+    return TorchEntityRecognizer(
+        nlp.vocab, model, name, annotated_types=annotated_types, scorer=scorer
+    )
+
+
+def make_annotated_types(component: str, types: List[str]) -> Callable[[Language], Language]:
+    """An `[initialize.after_init]` callback: add `types` to the `torch_ner` named `component`
+    and set its `annotated_types` to them (N5 from `spacy train`).
+
+    Registered as `torchlayers.annotated_types.v1` (spaCy `callbacks`). It is the way for a
+    component sourced from a trained pipeline (`source = "..."`), whose factory settings come
+    from the source and which spaCy does not initialize again:
+
+        [initialize.after_init]
+        @callbacks = "torchlayers.annotated_types.v1"
+        component = "ner"
+        types = ["company"]
+    """
+
+    def set_types(nlp: Language) -> Language:
+        ner = nlp.get_pipe(component)
+        if not isinstance(ner, TorchEntityRecognizer):
+            raise ValueError(f"torchlayers.annotated_types.v1: {component!r} is not a torch_ner")
+        for label in types:
+            ner.add_label(label)
+        ner.annotated_types = types
+        return nlp
+
+    return set_types
 
 
 class TorchEntityRecognizer(TrainablePipe):
@@ -76,6 +116,7 @@ class TorchEntityRecognizer(TrainablePipe):
         model: Model[List[Doc], List[Floats2d]],
         name: str = "torch_ner",
         *,
+        annotated_types: Optional[Sequence[str]] = None,
         scorer: Optional[Callable] = get_ner_prf,
     ) -> None:
         self.vocab = vocab
@@ -83,6 +124,53 @@ class TorchEntityRecognizer(TrainablePipe):
         self.name = name
         self.cfg: Dict[str, Any] = {"labels": []}
         self.scorer = scorer
+        self._annotated: Optional[Tuple[str, ...]] = None
+        self._teacher: Optional[Model] = None  # N5: the frozen copy, taken at the next update
+        self._rehearsal_model: Optional[Model] = None  # set by nlp.resume_training()
+        self._last_optimizer: Optional[Optimizer] = None  # whose averages a teacher takes
+        self.annotated_types = annotated_types
+
+    @property
+    def annotated_types(self) -> Optional[Tuple[str, ...]]:
+        """The entity types the training examples annotate (N5); None: every type.
+
+        With it set, a gold `O` means "none of these types": what else such a token is comes
+        from a frozen copy of the model taken at the next `update` (see `_ner_teacher`).
+        Setting it (to a new value) retires that copy.
+        """
+        return self._annotated
+
+    @annotated_types.setter
+    def annotated_types(self, value: Optional[Sequence[str]]) -> None:
+        annotated = self._check_annotated(value, know_labels=bool(self.labels))
+        if annotated != self._annotated:
+            self._teacher = None
+        self._annotated = annotated
+
+    def _check_annotated(
+        self, value: Optional[Sequence[str]], know_labels: bool = True
+    ) -> Optional[Tuple[str, ...]]:
+        """`value` as a tuple of this component's types, or ValueError naming what is wrong.
+
+        know_labels: check that they are types of this component (not while a config builds
+            the component: the types are added at initialize).
+        """
+        if value is None:
+            return None
+        where = f"{self.name}: annotated_types"
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list of entity types or None, got {value!r}")
+        if not value:
+            raise ValueError(f"{where} must name at least one type (None: every type), got []")
+        for label in value:
+            if not isinstance(label, str):
+                raise ValueError(f"{where}: an entity type must be a str, got {label!r}")
+            if know_labels and label not in self.labels:
+                raise ValueError(
+                    f"{where}: {label!r} is not one of this component's types "
+                    f"{list(self.labels)}; add it with add_label first"
+                )
+        return tuple(value)
 
     @property
     def labels(self) -> Tuple[str, ...]:
@@ -127,6 +215,27 @@ class TorchEntityRecognizer(TrainablePipe):
         for doc, ids in zip(docs, tag_ids):
             doc.ents = biluo_tags_to_spans(doc, [names[i] for i in ids])
 
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """spaCy's update; with `annotated_types` set, the first one takes the teacher: the
+        model as it is now, with the averages of the optimizer that trained it last swapped
+        in (what spaCy evaluates and saves), if it keeps any."""
+        if self.annotated_types is not None and self._teacher is None:
+            optimizer = sgd if sgd not in (None, False) else self._last_optimizer
+            self._teacher = self._snapshot(getattr(optimizer, "averages", None))
+        return super().update(examples, drop=drop, sgd=sgd, losses=losses)
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        """spaCy's; notes the optimizer (`Language.update` passes it here, not to `update`)."""
+        self._last_optimizer = sgd
+        super().finish_update(sgd)
+
     def get_loss(
         self, examples: Iterable[Example], scores: Sequence[Floats2d]
     ) -> Tuple[float, List[Floats2d]]:
@@ -134,19 +243,81 @@ class TorchEntityRecognizer(TrainablePipe):
 
         Tokens without annotation (None or "-" in `get_aligned_ner`) get no gradient. With
         `transitions = true` this also runs the CRF's backprop: its transitions' gradient
-        waits on the CRF node for the next `finish_update`.
+        waits on the CRF node for the next `finish_update`. With `annotated_types` set, a gold
+        `O` gets the teacher's targets for the other types (one more forward pass, N5).
         """
         examples = list(examples)
         validate_examples(examples, f"{type(self).__name__}.get_loss")
         index = {tag: i for i, tag in enumerate(self.tags)}
         gold = [self._gold_ids(eg, index) for eg in examples]
+        annotated = self._check_annotated(self.annotated_types)  # may have been set early
+        if annotated is None:
+            return self._loss(scores, gold, None, EMPTY)
+        if self._teacher is None:  # get_loss outside update: the model as it is now
+            self._teacher = self._snapshot(None)
+        docs = [eg.predicted for eg in examples]
+        banned = annotated_columns(self.labels, annotated)
+        return self._loss(scores, gold, self._teacher_scores(self._teacher, docs), banned)
+
+    def rehearse(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Pull the model toward the copy `nlp.resume_training()` took, on the examples' docs
+        (their annotation is not read): the copy's softmax as soft targets at every token, or
+        with `transitions = true` its best path as the gold path (spaCy's `Language.rehearse`).
+        """
+        if losses is None:
+            losses = {}
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, f"{type(self).__name__}.rehearse")
+        if self._rehearsal_model is None:
+            raise ValueError(
+                f"{self.name}: nothing to rehearse against: call nlp.resume_training() first "
+                "(it copies the model as it is, the teacher that rehearse keeps it close to)"
+            )
+        docs = [eg.predicted for eg in examples]
+        if not any(len(doc) for doc in docs):
+            return losses
+        set_dropout_rate(self.model, drop)
+        scores, backprop = self.model.begin_update(docs)
+        teacher = self._teacher_scores(self._rehearsal_model, docs)
+        unknown = [numpy.zeros((len(doc),), dtype="i") for doc in docs]  # no gold: teacher's
+        loss, d_scores = self._loss(scores, unknown, teacher, EMPTY)
+        backprop(d_scores)
+        if sgd not in (None, False):
+            self.finish_update(sgd)
+        losses[self.name] += loss
+        return losses
+
+    def _loss(
+        self,
+        scores: Sequence[Floats2d],
+        gold: List[numpy.ndarray],
+        teacher: Optional[Teaching],
+        banned: numpy.ndarray,
+    ) -> Tuple[float, List[Floats2d]]:
+        """Per-token or CRF loss against gold ids; with a teacher's (scores, transitions),
+        its targets where the gold says O (not the `banned` tags)."""
         ops = self.model.ops
         if self.model.has_ref("crf"):
+            if teacher is not None:
+                trans = transition_scores(len(self.labels), teacher[1])
+                gold = teacher_ids(teacher[0], gold, banned, trans)
             return self._crf_loss(scores, gold)
         loss = 0.0
         d_scores = []
-        for doc_scores, ids in zip(scores, gold):
-            doc_loss, d = softmax_loss(to_numpy(doc_scores), ids)
+        for i, (doc_scores, ids) in enumerate(zip(scores, gold)):
+            if teacher is None:
+                doc_loss, d = softmax_loss(to_numpy(doc_scores), ids)
+            else:
+                targets = soft_targets(teacher[0][i], ids, banned)
+                doc_loss, d = soft_loss(to_numpy(doc_scores), targets)
             loss += doc_loss
             d_scores.append(ops.asarray2f(cast(Floats2d, d)))
         return loss, d_scores
@@ -198,6 +369,22 @@ class TorchEntityRecognizer(TrainablePipe):
             ids[i] = index[tag]
         return ids
 
+    def _snapshot(self, averages: Optional[Dict]) -> Model:
+        """A frozen copy of the model (with `averages` swapped in, if any): the teacher."""
+        with self.model.use_params(averages or {}):
+            return copy_ner(self.model)
+
+    def _teacher_scores(self, teacher: Model, docs: List[Doc]) -> Teaching:
+        """The teacher's scores of `docs` (one prediction) and its learned transitions."""
+        scores = [to_numpy(doc_scores) for doc_scores in teacher.predict(docs)]
+        for doc_scores in scores:
+            if doc_scores.shape[1] != len(self.tags):
+                raise ValueError(
+                    f"{self.name}: the teacher gives {doc_scores.shape[1]} scores per token, "
+                    f"the model {len(self.tags)}: was it resized without add_label?"
+                )
+        return scores, learned_transitions(teacher)
+
     def initialize(
         self,
         get_examples: Callable[[], Iterable[Example]],
@@ -206,18 +393,18 @@ class TorchEntityRecognizer(TrainablePipe):
         labels: Optional[Iterable[str]] = None,
     ) -> None:
         """Add the entity types (`labels`, or those in the examples' gold entities, sorted),
-        then build the model on a sample of the examples' docs."""
+        then build the model on a sample of the examples' docs.
+
+        No types at all (N6, as spaCy's `ner`): the model has one output, `O`, predicts no
+        entities, and grows with `add_label` later.
+        """
         validate_get_examples(get_examples, f"{type(self).__name__}.initialize")
         if labels is None:
             found = {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
             labels = sorted(found)
         for label in labels:
             self.add_label(label)
-        if not self.labels:
-            raise ValueError(
-                f"{self.name}: no entity types: the examples have no gold entities and no "
-                "labels were given (initialize(labels=[...]) or add_label)"
-            )
+        self._check_annotated(self.annotated_types)  # a config may name them before they exist
         self.set_output(len(self.tags))
         docs = [eg.predicted for eg in islice(get_examples(), 10)]
         if not docs:
@@ -235,14 +422,32 @@ class TorchEntityRecognizer(TrainablePipe):
             return 0
         self.cfg["labels"].append(label)
         self.set_output(len(self.tags))
+        for teacher in (self._teacher, self._rehearsal_model):
+            if isinstance(teacher, Model):  # grown alike: it predicts the new type nowhere
+                teacher.attrs["resize_output"](teacher, len(self.tags))
         self.vocab.strings.add(label)
         return 1
 
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> Any:
+        """spaCy's; a teacher taken before (N5) belonged to other weights: it retires."""
+        self._teacher = None
+        return super().from_bytes(bytes_data, exclude=exclude)
+
+    def from_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> Any:
+        """spaCy's; a teacher taken before (N5) belonged to other weights: it retires."""
+        self._teacher = None
+        return super().from_disk(path, exclude=exclude)
+
     def _learned_transitions(self) -> Optional[numpy.ndarray]:
         """The CRF's (n+1, n+1) transition matrix (its averages inside use_params), or None."""
-        if not self.model.has_ref("crf"):
-            return None
-        return to_numpy(self.model.get_ref("transitions").get_param("transitions.weight"))
+        return learned_transitions(self.model)
+
+
+def learned_transitions(model: Model) -> Optional[numpy.ndarray]:
+    """The (n+1, n+1) transition matrix of a TorchNER model's CRF, or None without one."""
+    if not model.has_ref("crf"):
+        return None
+    return to_numpy(model.get_ref("transitions").get_param("transitions.weight"))
 
 
 def softmax_loss(scores: numpy.ndarray, ids: numpy.ndarray) -> Tuple[float, numpy.ndarray]:
@@ -255,3 +460,6 @@ def softmax_loss(scores: numpy.ndarray, ids: numpy.ndarray) -> Tuple[float, nump
     d[rows, ids[rows]] -= 1
     d[ids < 0] = 0
     return float(-log_probs[rows, ids[rows]].sum()), d
+
+
+register("callbacks", {"torchlayers.annotated_types.v1": make_annotated_types})

@@ -1,12 +1,17 @@
 """`torchlayers.TorchNER.v1`: the model of the `torch_ner` component (import to register).
 
     torch_ner(
-        averaged(tok2vec >> with_array(                          # per-token scores ("emissions")
+        tok2vec >> with_array(                                   # per-token scores ("emissions")
             with_dropout(hidden, dropout)                        # a torch MLP
             >> resizable(with_torch(nn.Linear factory), -16)     # one unit per BILUO tag
-        )),
-        averaged(resizable(with_torch(LinearChainCRF), fill))    # only with transitions = true
+        ),
+        resizable(with_torch(LinearChainCRF), fill)              # only with transitions = true
     )
+
+With `max_decay` set (a float), each child is wrapped in `averaged(..., max_decay)`: an EMA of
+its weights for `use_averages`. The default, None, has none: spaCy evaluates and saves with the
+optimizer's averages (`nlp.use_params(optimizer.averages)`), never with this EMA, which cost
+time on every update and doubled the saved size (see docs/torch_ner.md).
 
 The forward pass is the first child's: one (n_tokens, n_tags) array of raw scores per doc. The
 CRF child is not run by the forward pass: the component's `get_loss` runs it on the scores and
@@ -46,7 +51,7 @@ def build_torch_ner(
     tok2vec: Model[List[Any], List[Floats2d]],
     hidden_width: int = 64,
     dropout: float = 0.0,
-    max_decay: float = 0.999,
+    max_decay: Optional[float] = None,
     nO: Optional[int] = None,
     transitions: bool = False,
 ) -> Model[List[Any], List[Floats2d]]:
@@ -54,8 +59,11 @@ def build_torch_ner(
     layer, optionally with a linear-chain CRF's learned transitions.
 
     tok2vec: a spaCy token-to-vector layer (docs -> one array of token rows per doc).
-    hidden_width, dropout, max_decay: as for `torchlayers.TorchTagger.v1` (a torch MLP of width
-        `hidden_width`, caller-controlled dropout, the EMA's max decay).
+    hidden_width, dropout: as for `torchlayers.TorchTagger.v1` (a torch MLP of width
+        `hidden_width`, caller-controlled dropout).
+    max_decay: None (default): no EMA of the weights (spaCy uses its optimizer's averages). A
+        float in [0, 1]: wrap the emissions and the CRF in `averaged(..., max_decay)`, as every
+        config that sets it got before the default changed (0.999 until 2026-12-06).
     nO: the number of BILUO tags (1 + 4 * types), if known; `torch_ner` sets it from its labels.
     transitions: add a `LinearChainCRF` child; `torch_ner` then trains with the CRF loss and
         decodes with the learned transition scores. Without it: softmax cross-entropy per token,
@@ -67,14 +75,16 @@ def build_torch_ner(
     per_token: Model[Floats2d, Floats2d] = chain(
         with_dropout(hidden, dropout), resizable(output, fill=OUTPUT_FILL)
     )
-    emissions: Model[List[Any], List[Floats2d]] = averaged(
-        chain(tok2vec, with_array(per_token)), max_decay=max_decay
-    )
+    emissions: Model[List[Any], List[Floats2d]] = chain(tok2vec, with_array(per_token))
+    if max_decay is not None:
+        emissions = averaged(emissions, max_decay=max_decay)
     layers = [emissions]
     refs: Dict[str, Optional[Model]] = {}
     if transitions:
         transition_node: Model = with_torch(linear_chain_crf)
-        crf = averaged(resizable(transition_node, fill=TRANSITION_FILL), max_decay=max_decay)
+        crf: Model = resizable(transition_node, fill=TRANSITION_FILL)
+        if max_decay is not None:
+            crf = averaged(crf, max_decay=max_decay)
         layers.append(crf)
         refs["crf"] = crf  # what get_loss runs
         refs["transitions"] = transition_node  # whose transitions.weight decoding reads
@@ -110,6 +120,18 @@ def init(
         )
     for layer in model.layers:
         layer.initialize(X if layer is model.layers[0] else None)
+
+
+def copy_ner(model: Model) -> Model:
+    """`model.copy()` with its refs ("crf", "transitions") pointing into the copy: Thinc's
+    `copy` builds each node anew without its refs, which would leave a copy with no CRF."""
+    copied = model.copy()
+    nodes = {id(node): i for i, node in enumerate(model.walk())}
+    copies = list(copied.walk())
+    for name in model.ref_names:
+        if model.has_ref(name):
+            copied.set_ref(name, copies[nodes[id(model.get_ref(name))]])
+    return copied
 
 
 def resize_ner(model: Model, n_tags: int) -> Model:
