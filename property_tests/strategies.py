@@ -264,3 +264,30 @@ def doc_batches(draw: st.DrawFn, width: int = 4) -> List[numpy.ndarray]:
     seed = draw(st.integers(0, 2**16))
     rng = numpy.random.default_rng(seed)
     return [rng.uniform(-1, 1, (n, width)).astype("float32") for n in lengths]
+
+
+@st.composite
+def new_type_cases(
+    draw: st.DrawFn,
+) -> Tuple[int, List[int], numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """(n_labels 1-3, annotated label indices, student and teacher scores (length 1-8, tags),
+    gold ids): the gold holds spans of annotated types only (U- or B- I-* L-), O elsewhere,
+    some tokens missing (-1); unit-to-large scores, seeded."""
+    n_labels = draw(st.integers(1, 3))
+    annotated = sorted(draw(st.sets(st.integers(0, n_labels - 1), min_size=1)))
+    length = draw(st.integers(1, 8))
+    rng = numpy.random.RandomState(draw(st.integers(0, 2**16)))
+    scale = draw(st.sampled_from([1.0, 10.0]))
+    student, teacher = rng.normal(0, scale, (2, length, 1 + 4 * n_labels)).astype("f")
+    gold = numpy.zeros((length,), dtype="i")
+    t = 0
+    while t < length:
+        size = draw(st.integers(0, min(3, length - t)))  # 0: an O token
+        if size:
+            base = 1 + 4 * draw(st.sampled_from(annotated))
+            tags = [base + 3] if size == 1 else [base] + [base + 1] * (size - 2) + [base + 2]
+            gold[t : t + size] = tags
+        t += max(size, 1)
+    missing = numpy.array(draw(st.lists(st.booleans(), min_size=length, max_size=length)))
+    gold[missing] = -1
+    return n_labels, annotated, student, teacher, gold

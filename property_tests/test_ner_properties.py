@@ -1,4 +1,4 @@
-"""torch_ner's decoding and CRF (N1, N2, N3) as laws over generated score matrices."""
+"""torch_ner's decoding, CRF and teacher targets (N1, N2, N3, N5) as laws over generated scores."""
 
 import itertools
 from typing import List, Tuple
@@ -9,10 +9,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from torchlayers.spacy._ner_teacher import annotated_columns, soft_loss, soft_targets, teacher_ids
 from torchlayers.spacy.biluo import is_valid, transition_scores, viterbi
 from torchlayers.spacy.crf import LinearChainCRF, boundary_allowed, log_partition
 
-from .strategies import biluo_scores, crf_cases
+from .strategies import biluo_scores, crf_cases, new_type_cases
 
 
 @given(case=biluo_scores(), learned=st.booleans(), seed=st.integers(0, 2**16))
@@ -105,3 +106,50 @@ def enumerate_paths(
         total = sum(transitions[a, b] for a, b in zip(states, states[1:]))
         totals.append(float(total + sum(emissions[t, tag] for t, tag in enumerate(path))))
     return float(numpy.logaddexp.reduce(numpy.array(totals, dtype="f8")))
+
+
+@given(case=new_type_cases())
+def test_annotated_types_gradient_follows_the_teacher_off_the_gold_spans(case):
+    """N5: with annotated_types set, at a token the gold marks O the gradient of the loss
+    w.r.t. the scores is softmax - the teacher's softmax over the other tags (the annotated
+    types' tags zeroed, renormalised): it pulls no probability toward an annotated type's tag;
+    at a gold entity token it is softmax - one_hot; at a missing token 0."""
+    n_labels, annotated, student, teacher, gold = case
+    banned = annotated_columns([f"T{i}" for i in range(n_labels)], [f"T{i}" for i in annotated])
+    _, d = soft_loss(student, soft_targets(teacher, gold, banned))
+    probs = softmax(student.astype("f8"))
+    outside = gold == 0
+    target = softmax(teacher.astype("f8"))
+    target[:, banned] = 0
+    target /= target.sum(axis=1, keepdims=True)
+    numpy.testing.assert_allclose(d[outside], (probs - target)[outside], atol=1e-5)
+    assert (d[outside][:, banned] >= -1e-7).all()  # descent lowers (never raises) those scores
+    inside = numpy.nonzero(gold > 0)[0]
+    one_hot = numpy.eye(student.shape[1])[gold[inside]]
+    numpy.testing.assert_allclose(d[inside], probs[inside] - one_hot, atol=1e-5)
+    assert (d[gold < 0] == 0).all()
+
+
+@given(case=new_type_cases(), learned=st.booleans())
+def test_annotated_types_teacher_path_keeps_the_gold(case, learned):
+    """N5 (CRF): the teacher's targets form a valid BILUO path that keeps every gold entity
+    tag, uses no annotated type's tag where the gold says O, and leaves missing tokens free."""
+    n_labels, annotated, _, teacher, gold = case
+    banned = annotated_columns([f"T{i}" for i in range(n_labels)], [f"T{i}" for i in annotated])
+    matrix = None
+    if learned:
+        matrix = numpy.random.RandomState(len(gold)).uniform(-5, 5, (2 + 4 * n_labels,) * 2)
+    (ids,) = teacher_ids([teacher], [gold], banned, transition_scores(n_labels, matrix))
+    assert (ids[gold > 0] == gold[gold > 0]).all() and (ids[gold < 0] == -1).all()
+    assert not numpy.isin(ids[gold == 0], banned).any()
+    known = numpy.nonzero(ids >= 0)[0]
+    forced = numpy.zeros(teacher.shape, dtype="f")
+    forced[known] = -1e6
+    forced[known, ids[known]] = 0
+    (path,) = viterbi([forced], *transition_scores(n_labels))  # some valid path agrees?
+    assert (path[known] == ids[known]).all() and is_valid(path.tolist(), n_labels)
+
+
+def softmax(scores: numpy.ndarray) -> numpy.ndarray:
+    e = numpy.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
