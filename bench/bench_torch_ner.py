@@ -6,11 +6,14 @@
   and with `transitions = true`.
 - Training words/s of `torch_ner` (both variants) against spaCy's `ner`, same tok2vec config,
   same batches of the project's NER corpus: a ratio of words/s (no budget; > 1 is faster).
+- The torchlayers EMA the default model no longer keeps (`max_decay = null`) against the one it
+  kept before (`max_decay = 0.999`): the time of an update and the saved bytes, as ratios
+  (no budget; < 1 is what dropping it saves).
 """
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import spacy
 from spacy.training import Example
@@ -68,6 +71,25 @@ def training_cases() -> Dict[str, Callable[[], object]]:
     return cases
 
 
+def ema_cases() -> Tuple[Dict[str, Callable[[], object]], Dict[str, int]]:
+    """One nlp.update on 32 sentences with and without the EMA, and each pipeline's saved size
+    after training (default model, per-token)."""
+    data = make_corpus(LABELS, 32, seed=1)
+    cases: Dict[str, Callable[[], object]] = {}
+    sizes: Dict[str, int] = {}
+    for name, max_decay in (("no EMA", None), ("EMA", 0.999)):
+        fix_random_seed(0)
+        nlp = spacy.blank("en")
+        nlp.add_pipe("torch_ner", config={"model": {"max_decay": max_decay}})
+        egs: List[Any] = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in data]
+        nlp.initialize(lambda egs=egs: egs)
+        optimizer = Adam(0.001)
+        nlp.update(egs, sgd=optimizer)  # the EMA exists from the first update
+        sizes[name] = len(nlp.get_pipe("torch_ner").to_bytes())
+        cases[name] = lambda nlp=nlp, egs=egs, opt=optimizer: nlp.update(egs, sgd=opt)
+    return cases, sizes
+
+
 def main() -> bool:
     ok = True
     for transitions in (False, True):
@@ -82,4 +104,10 @@ def main() -> bool:
     for name in ("torch_ner", "torch_ner+crf"):
         ratio = times["ner"] / times[name]
         print(f"{name} training words/s vs spaCy ner: {ratio:.2f}x (no budget; > 1 is faster)")
+    cases, sizes = ema_cases()
+    times = medians(cases, rounds=9, number=2)
+    ratio = times["no EMA"] / times["EMA"]
+    print(f"torch_ner update without the EMA vs with it: {ratio:.2f}x time (no budget)")
+    size = sizes["no EMA"] / sizes["EMA"]
+    print(f"torch_ner saved bytes without the EMA vs with it: {size:.2f}x (no budget)")
     return ok
