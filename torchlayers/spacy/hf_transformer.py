@@ -15,12 +15,11 @@ component, whose listeners then share one transformer):
     name = "sentence-transformers/all-MiniLM-L6-v2"
 
 Needs the `transformers` extra (`pip install 'thinc-torchlayers[transformers]'`); importing
-this module does not import `transformers`.
+this module imports neither spaCy nor `transformers`.
 """
 
-from typing import Any, Callable, List, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, cast
 
-from spacy.tokens import Doc
 from thinc.api import ArgsKwargs, Model
 from thinc.types import Floats2d
 
@@ -32,6 +31,9 @@ from ._hf_learn_rate import learn_rate_node
 from ._hf_pieces import POOLINGS, Batch, plan
 from ._hf_source import HFSource, read_width
 from ._registry import register
+
+if TYPE_CHECKING:  # importing this module needs neither spaCy nor transformers
+    from spacy.tokens import Doc
 
 LAYER = "HFTransformer"
 
@@ -45,7 +47,7 @@ def build_hf_transformer(
     dropout: Optional[float] = None,
     mixed_precision: bool = False,
     learn_rate_scale: float = 1.0,
-) -> Model[List[Doc], List[Floats2d]]:
+) -> Model[List["Doc"], List[Floats2d]]:
     """A pretrained transformer: one `(n_tokens, width)` array per doc, width its hidden size.
 
     Args:
@@ -95,7 +97,7 @@ def build_hf_transformer(
 
 
 def forward(
-    model: Model[List[Doc], List[Floats2d]], docs: List[Doc], is_train: bool
+    model: Model[List["Doc"], List[Floats2d]], docs: List["Doc"], is_train: bool
 ) -> Tuple[List[Floats2d], Callable]:
     transformer = model.layers[0]
     ops = model.ops
@@ -122,7 +124,7 @@ def forward(
         pooled = ops.alloc2f(len(batch.lengths), width)
     Y = split(pooled, batch.doc_tokens)
 
-    def backprop(dY: List[Floats2d]) -> List[Doc]:
+    def backprop(dY: List[Floats2d]) -> List["Doc"]:
         d_flat = ops.alloc2f(*flat.shape)
         if len(rows):
             d_pooled = ops.xp.concatenate([ops.asarray2f(d) for d in dY])
@@ -134,8 +136,8 @@ def forward(
 
 
 def init(
-    model: Model[List[Doc], List[Floats2d]],
-    X: Optional[List[Doc]] = None,
+    model: Model[List["Doc"], List[Floats2d]],
+    X: Optional[List["Doc"]] = None,
     Y: Optional[List[Floats2d]] = None,
 ) -> None:
     """Read the config, tokenizer and weights from `name`, unless the transformer is built
@@ -151,7 +153,7 @@ def init(
     model.set_dim("nO", int(source.setting("hidden_size")), force=True)
 
 
-def tokenize(model: Model, docs: List[Doc]) -> Batch:
+def tokenize(model: Model, docs: List["Doc"]) -> Batch:
     """Each doc's word pieces, windows and pooling map."""
     source: HFSource = model.attrs["hf_source"]
     pooling, window, stride = (model.attrs[k] for k in ("pooling", "window", "stride"))
@@ -173,7 +175,7 @@ def split(pooled: Any, sizes: List[int]) -> List[Floats2d]:
     return out
 
 
-def no_gradient(dY: Any) -> List[Doc]:
+def no_gradient(dY: Any) -> List["Doc"]:
     return []
 
 
