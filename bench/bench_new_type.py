@@ -1,0 +1,266 @@
+"""Q3: add an entity type from examples that label only it, and keep the old types (N5).
+
+On folds of the WNUT-16 tweets (`../shared/data/wnut16/train.conll`, CoNLL `token TAB BIO-tag`,
+10 types; or `--data PATH`, or `$WNUT16_TRAIN`; without the file this prints where to put it
+and exits 0). For each held-out type T and seed s (fold s of 5: the rest trains, the fold tests):
+
+1. Train on every type but T (T's spans made O) for `--epochs` epochs; the old types' micro F
+   on the test fold, with the optimizer's averages (as `spacy train` evaluates and saves).
+2. From those averaged weights (as `spacy train` sources a trained component) and a fresh
+   optimizer, add T and train `--new-epochs` epochs on the training tweets with only T's spans
+   (every other token O), then measure the old types' F and T's F again. Systems:
+   - `torch_ner, annotated_types`: `annotated_types = [T]` (N5);
+   - `torch_ner, no setting`: plain fine-tuning on the same examples;
+   - `torch_ner, pseudo-rehearsal`: each training tweet re-annotated by hand with the old
+     model's entities (those not overlapping T's spans) plus T's spans;
+   - `spaCy ner, nlp.rehearse`: spaCy's own `ner`, trained the same way, then
+     `nlp.resume_training()` and, per batch, `nlp.update` on the T-only examples and
+     `nlp.rehearse` on a batch of raw training tweets;
+   - `torch_ner, nlp.rehearse` (with `--torch-rehearse`): the same loop for torch_ner.
+
+Same tok2vec (spaCy's default HashEmbedCNN: width 96, depth 4, 2000 rows), batches of 32
+tweets, dropout 0.1, spaCy's default optimizer (Adam 0.001, L2 0.01, grad_clip 1.0, averages)
+for every system; one torch thread. Prints one Markdown row per system and seed, then the means.
+
+Run: `.venv/bin/python -m bench.bench_new_type --types company --seeds 0 [--transitions]`.
+Minutes per type and seed on one CPU thread; not part of `make bench`.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy
+import spacy
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+from thinc.api import Adam, Optimizer, fix_random_seed
+
+import torchlayers.spacy.ner  # noqa: F401  registers torch_ner
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wnut16" / "train.conll"
+TOK2VEC = {
+    "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 96,
+    "depth": 4, "embed_size": 2000, "window_size": 1, "maxout_pieces": 3,
+    "subword_features": True,
+}  # fmt: skip
+BATCH, DROP, FOLDS = 32, 0.1, 5
+Tweet = Tuple[List[str], List[str]]  # words, BIO tags
+Found = Tuple[int, int, int, str]  # doc, start, end, type
+
+
+def read_conll(path: Path) -> List[Tweet]:
+    tweets, words, tags = [], [], []
+    for line in path.read_text(encoding="utf8").splitlines() + [""]:
+        if not line.strip():
+            if words:
+                tweets.append((words, tags))
+            words, tags = [], []
+            continue
+        word, tag = line.rsplit("\t", 1)
+        words.append(word)
+        tags.append(tag)
+    return tweets
+
+
+def keep_types(tags: Sequence[str], keep: Set[str]) -> List[str]:
+    """BIO tags with every span whose type is not in `keep` made O."""
+    return [tag if tag == "O" or tag[2:] in keep else "O" for tag in tags]
+
+
+def make_examples(nlp: Language, tweets: Sequence[Tweet], keep: Set[str]) -> List[Example]:
+    out = []
+    for words, tags in tweets:
+        gold = Doc(nlp.vocab, words=words, ents=keep_types(tags, keep))
+        out.append(Example(Doc(nlp.vocab, words=words), gold))
+    return out
+
+
+def spans_of(docs: Sequence[Doc], types: Set[str]) -> Set[Found]:
+    return {
+        (i, e.start, e.end, e.label_)
+        for i, d in enumerate(docs)
+        for e in d.ents
+        if e.label_ in types
+    }
+
+
+def micro_f(gold: Set[Found], predicted: Set[Found]) -> float:
+    hits = len(gold & predicted)
+    return 200.0 * hits / (len(gold) + len(predicted)) if gold or predicted else 0.0
+
+
+def scores(nlp: Language, test: Sequence[Example], old: Set[str], new: str) -> Tuple[float, float]:
+    """(old types' micro F, the new type's F) on the test examples, in points."""
+    predicted = list(nlp.pipe(Doc(nlp.vocab, words=[t.text for t in eg.reference]) for eg in test))
+    gold = [eg.reference for eg in test]
+    return (
+        micro_f(spans_of(gold, old), spans_of(predicted, old)),
+        micro_f(spans_of(gold, {new}), spans_of(predicted, {new})),
+    )
+
+
+def make_nlp(factory: str, transitions: bool) -> Language:
+    nlp = spacy.blank("en")
+    model = {"tok2vec": TOK2VEC}
+    if factory == "torch_ner":
+        model["transitions"] = transitions
+    nlp.add_pipe(factory, name="ner", config={"model": model})
+    return nlp
+
+
+def optimizer() -> Optimizer:
+    return Adam(0.001, L2=0.01, grad_clip=1.0, use_averages=True)  # spaCy's default
+
+
+def train(
+    nlp: Language,
+    examples: List[Example],
+    epochs: int,
+    sgd: Optimizer,
+    seed: int,
+    after_batch: Optional[Callable[[int, List[Example]], None]] = None,
+) -> None:
+    rng = numpy.random.RandomState(seed)
+    for epoch in range(epochs):
+        order = rng.permutation(len(examples))
+        for b, i in enumerate(range(0, len(order), BATCH)):
+            batch = [examples[j] for j in order[i : i + BATCH]]
+            nlp.update(batch, sgd=sgd, drop=DROP)
+            if after_batch is not None:
+                after_batch(epoch * 10_000 + b, batch)
+
+
+def pseudo_examples(nlp: Language, tweets: Sequence[Tweet], new: str) -> List[Example]:
+    """Each tweet: the old model's entities that do not overlap a gold `new` span, plus those."""
+    out = []
+    docs = nlp.pipe(Doc(nlp.vocab, words=words) for words, _ in tweets)
+    for (words, tags), doc in zip(tweets, docs):
+        gold = Doc(nlp.vocab, words=words, ents=keep_types(tags, {new}))
+        taken = {i for e in gold.ents for i in range(e.start, e.end)}
+        old = [e for e in doc.ents if not taken & set(range(e.start, e.end))]
+        spans = list(gold.ents) + [Span(gold, e.start, e.end, e.label_) for e in old]
+        gold.ents = sorted(spans, key=lambda span: span.start)
+        out.append(Example(Doc(nlp.vocab, words=words), gold))
+    return out
+
+
+def run_one(
+    tweets: List[Tweet], new: str, seed: int, args: argparse.Namespace
+) -> Dict[str, Tuple[float, float, float]]:
+    """{system: (old F before, old F after, new F)} for one held-out type and seed."""
+    folds = numpy.random.RandomState(0).permutation(len(tweets)) % FOLDS
+    train_tw = [t for t, f in zip(tweets, folds) if f != seed % FOLDS]
+    test_tw = [t for t, f in zip(tweets, folds) if f == seed % FOLDS]
+    types = {tag[2:] for _, tags in tweets for tag in tags if tag != "O"}
+    old = types - {new}
+    results: Dict[str, Tuple[float, float, float]] = {}
+    trained: Dict[str, Tuple[bytes, float]] = {}
+    for factory in ("torch_ner", "ner"):
+        fix_random_seed(seed)
+        nlp = make_nlp(factory, args.transitions)
+        examples = make_examples(nlp, train_tw, old)
+        nlp.initialize(lambda examples=examples: examples)
+        sgd = optimizer()
+        train(nlp, examples, args.epochs, sgd, seed)
+        with nlp.use_params(sgd.averages):
+            before = scores(nlp, make_examples(nlp, test_tw, types), old, new)[0]
+            trained[factory] = (nlp.to_bytes(), before)
+        log(f"{new} seed {seed}: {factory} trained, old F {before:.1f}")
+    systems = ["annotated", "plain", "pseudo", "spacy-rehearse"]
+    if args.torch_rehearse:
+        systems.append("torch-rehearse")
+    for system in systems:
+        factory = "ner" if system == "spacy-rehearse" else "torch_ner"
+        data, before = trained[factory]
+        fix_random_seed(seed)
+        nlp = make_nlp(factory, args.transitions).from_bytes(data)
+        test = make_examples(nlp, test_tw, types)
+        ner = nlp.get_pipe("ner")
+        if system == "pseudo":
+            examples = pseudo_examples(nlp, train_tw, new)  # before add_label: old types only
+        else:
+            examples = make_examples(nlp, train_tw, {new})
+        sgd = optimizer()
+        hook = None
+        if system.endswith("rehearse"):
+            nlp.resume_training(sgd=sgd)
+            raw = [Example(eg.predicted, eg.predicted) for eg in examples]
+            rng = numpy.random.RandomState(seed + 1)
+
+            def hook(step: int, batch: List[Example], raw=raw, rng=rng, nlp=nlp, sgd=sgd) -> None:
+                picks = rng.randint(0, len(raw), BATCH)
+                nlp.rehearse([raw[j] for j in picks], sgd=sgd)
+
+        ner.add_label(new)
+        if system == "annotated":
+            ner.annotated_types = [new]
+        start = time.perf_counter()
+        train(nlp, examples, args.new_epochs, sgd, seed, hook)
+        with nlp.use_params(sgd.averages):
+            after, new_f = scores(nlp, test, old, new)
+        results[system] = (before, after, new_f)
+        log(f"{new} seed {seed}: {system}: old {before:.1f} -> {after:.1f}, {new} {new_f:.1f} "
+            f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    return results
+
+
+NAMES = {
+    "annotated": "`torch_ner`, `annotated_types = [T]`",
+    "plain": "`torch_ner`, no setting (plain fine-tuning)",
+    "pseudo": "`torch_ner`, pseudo-rehearsal by hand",
+    "spacy-rehearse": "spaCy `ner`, `nlp.rehearse`",
+    "torch-rehearse": "`torch_ner`, `nlp.rehearse`",
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("WNUT16_TRAIN", DATA)))
+    parser.add_argument("--types", nargs="+", default=["company"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--new-epochs", type=int, default=10)
+    parser.add_argument("--transitions", action="store_true")
+    parser.add_argument("--torch-rehearse", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        print(f"Q3 skipped: no tweets at {args.data} (put WNUT-16's train.conll there, or pass "
+              "--data PATH or set WNUT16_TRAIN)")  # fmt: skip
+        return 0
+    torch.set_num_threads(1)
+    tweets = read_conll(args.data)
+    print(f"Q3 on {len(tweets)} tweets from {args.data}; {vars(args)}")
+    print("| held-out type | seed | system | old types F before | after | new type F |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    table: Dict[Tuple[str, str], List[Tuple[float, float, float]]] = {}
+    for new in args.types:
+        for seed in args.seeds:
+            for system, row in run_one(tweets, new, seed, args).items():
+                table.setdefault((new, system), []).append(row)
+                print(f"| {new} | {seed} | {NAMES[system]} | {row[0]:.1f} | {row[1]:.1f} | "
+                      f"{row[2]:.1f} |", flush=True)  # fmt: skip
+    print("\nMeans over seeds (spread: min-max of old F after)")
+    print("| held-out type | system | old types F before | after | change | new type F |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (new, system), rows in table.items():
+        b, a, n = (statistics.mean(r[k] for r in rows) for k in range(3))
+        spread = f"{min(r[1] for r in rows):.1f}-{max(r[1] for r in rows):.1f}"
+        print(
+            f"| {new} | {NAMES[system]} | {b:.1f} | {a:.1f} ({spread}) | {a - b:+.1f} | {n:.1f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
