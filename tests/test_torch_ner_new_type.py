@@ -13,7 +13,7 @@ spacy = pytest.importorskip("spacy")
 from spacy.tokens import DocBin  # noqa: E402
 from spacy.training import Example  # noqa: E402
 
-from torchlayers.averaged import is_averaged  # noqa: E402
+from torchlayers.averaged import is_averaged, use_averages  # noqa: E402
 from torchlayers.spacy.biluo import transition_scores, viterbi  # noqa: E402
 from torchlayers.spacy.ner import learned_transitions  # noqa: E402
 
@@ -318,3 +318,25 @@ def test_spacy_train_adds_a_type_with_annotated_types(tmp_path: Path) -> None:
     callback(component="torch_ner", types=["GADGET"])(trained)
     assert ner.labels[-1] == "GADGET" and ner.annotated_types == ("GADGET",)
     assert trained("Mary flew to Paris .").ents is not None
+
+
+@pytest.mark.parametrize("transitions", [False, True])
+def test_annotated_types_with_averaged_nodes(transitions: bool) -> None:
+    """N5, A2, A5: with max_decay set (averaged nodes), the setting trains after add_label;
+    the teacher is a copy that leaves the model's averages alone, and use_averages still
+    swaps them in (the new type's units resized)."""
+    fix_random_seed(0)
+    nlp = make_nlp(transitions, model={"tok2vec": TOK2VEC, "hidden_width": 32,
+                                       "transitions": transitions, "max_decay": 0.999})  # fmt: skip
+    nlp.initialize(lambda: examples(nlp, TRAIN[:48]))
+    train(nlp, Adam(0.01), TRAIN[:48], epochs=1)
+    ner = nlp.get_pipe("torch_ner")
+    ner.add_label(NEW_LABEL)
+    ner.annotated_types = [NEW_LABEL]
+    train(nlp, Adam(0.01), ONLY_NEW[:32], epochs=1)
+    assert ner._teacher is not None and ner._teacher is not ner.model
+    live = probe_scores(nlp)
+    with use_averages(ner.model):
+        ema = probe_scores(nlp)
+    assert all(a.shape == b.shape == (len(a), 17) for a, b in zip(live, ema))
+    assert not all(numpy.allclose(a, b) for a, b in zip(live, ema))
