@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # or install torch into .venv yourself and pass TORCH= (empty) to skip this step.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-ner test lint types unit properties docs-test bench docs clean
+.PHONY: demo demo-ner test spacy-suite lint types unit properties docs-test bench docs clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,19 @@ properties: $(VENV)/.dev
 
 docs-test: $(VENV)/.dev
 	$(PY) -m pytest -q --markdown-docs -p no:randomly docs README.md -o testpaths=
+
+# spaCy's own tests (the files SPEC E6 names) with a torchlayers encoder in place of its CNN
+# (tests/spacy_suite.py). SPACY_SUITE_ENCODERS: which encoders; CI runs this after make test.
+SPACY_SUITE := spacy.tests.parser spacy.tests.pipeline.test_tagger spacy.tests.pipeline.test_textcat \
+	spacy.tests.pipeline.test_tok2vec spacy.tests.pipeline.test_senter \
+	spacy.tests.pipeline.test_morphologizer spacy.tests.pipeline.test_models spacy.tests.test_models \
+	spacy.tests.serialize
+SPACY_SUITE_ENCODERS ?= bilstm
+spacy-suite: $(VENV)/.dev
+	for encoder in $(SPACY_SUITE_ENCODERS); do \
+		TORCHLAYERS_ENCODER=$$encoder OMP_NUM_THREADS=1 $(PY) -m pytest -q -p tests.spacy_suite \
+			-p no:cacheprovider -o testpaths= --pyargs $(SPACY_SUITE) || exit 1; \
+	done
 
 bench: $(VENV)/.base
 	$(PY) -m bench

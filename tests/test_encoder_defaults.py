@@ -1,5 +1,5 @@
-"""The shipped encoders' defaults as spaCy's fixtures meet them (E5): no sample data at
-initialize, and every dropout inside following the caller's rate."""
+"""The shipped encoders' defaults as spaCy's fixtures meet them (E5, E6): no sample data at
+initialize, every dropout inside following the caller's rate, odd widths, the residual BiLSTM."""
 
 from typing import List
 
@@ -9,7 +9,12 @@ import torch
 from numpy.testing import assert_array_equal
 from thinc.api import set_dropout_rate
 
-from torchlayers.spacy.encoders import build_torch_bilstm_encoder, build_torch_transformer_encoder
+from torchlayers.spacy._bilstm import CONTEXT_GAIN
+from torchlayers.spacy.encoders import (
+    BiLSTM,
+    build_torch_bilstm_encoder,
+    build_torch_transformer_encoder,
+)
 
 BUILDERS = [build_torch_bilstm_encoder, build_torch_transformer_encoder]
 WIDTH = 8
@@ -71,3 +76,37 @@ def test_rate_zero_makes_training_calls_deterministic(build) -> None:
     second, _ = model(docs(4, 6), is_train=True)
     for a, b in zip(first, second):
         assert_array_equal(a, b)
+
+
+def test_an_odd_width_bilstm() -> None:
+    """E6, E2: an odd width (spaCy's suite builds 333) gives the forward direction the odd unit;
+    the rows are `width` wide."""
+    model = build_torch_bilstm_encoder(7)
+    model.initialize()
+    assert [y.shape for y in model.predict(docs(3, 2, width=7))] == [(3, 7), (2, 7)]
+
+
+@pytest.mark.parametrize("nI", [WIDTH, 5])
+def test_the_residual_bilstm(nI: int) -> None:
+    """E6: the v2 BiLSTM gives `X + LayerNorm(lstms(X))` where its input is `width` wide, and
+    `LayerNorm(lstms(X))` where not; the norm's gain starts at CONTEXT_GAIN."""
+    torch.manual_seed(0)
+    module = BiLSTM(nI, WIDTH, residual=True)
+    assert (module.norm.weight == CONTEXT_GAIN).all()
+    X = torch.randn(2, 4, nI)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    with torch.no_grad():
+        context = module.norm(module.lstms(X, mask))
+        expected = X + context if nI == WIDTH else context
+        assert_array_equal(module(X, mask).numpy(), expected.numpy())
+
+
+def test_bilstm_v2_is_registered() -> None:
+    """E6, C1: configs name the residual encoder `torchlayers.TorchBiLSTMEncoder.v2`."""
+    from spacy import registry
+
+    build = registry.architectures.get("torchlayers.TorchBiLSTMEncoder.v2")
+    model = build(width=WIDTH)
+    model.initialize()
+    node = model.layers[0]
+    assert node.shims[0].module.residual

@@ -237,9 +237,10 @@ def test_averages_copy_and_bytes(build) -> None:
 
 
 def test_bad_arguments() -> None:
-    """E2: an odd BiLSTM width or heads that do not divide the width fail at construction."""
-    with pytest.raises(ValueError, match="even"):
-        build_torch_bilstm_encoder(7)
+    """E2: a BiLSTM narrower than 2 or heads that do not divide the width fail at
+    construction."""
+    with pytest.raises(ValueError, match=">= 2"):
+        build_torch_bilstm_encoder(1)
     with pytest.raises(ValueError, match="multiple of heads"):
         build_torch_transformer_encoder(10, heads=4)
 
