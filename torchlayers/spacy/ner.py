@@ -12,6 +12,11 @@ Loss: softmax cross-entropy per token against the gold BILUO tags of `Example.ge
 model: `get_loss` runs it on the scores and calls its backprop, which hands back the gradient of
 the scores (returned to spaCy, which backprops it through the rest of the model) and leaves the
 transitions' gradient on the node, for the `finish_update` that follows in `update`.
+
+`annotated_types` (N5): examples that annotate only some types. A gold O then means "none of
+these types", and what else the token is comes from a teacher, a frozen copy of the model taken
+at the first update with the setting (targets in `_ner_teacher.py`). `rehearse` uses the same
+targets against the copy `nlp.resume_training()` takes. See docs/torch_ner.md.
 """
 
 from itertools import islice
@@ -227,8 +232,7 @@ class TorchEntityRecognizer(TrainablePipe):
         model as it is now, with the averages of the optimizer that trained it last swapped
         in (what spaCy evaluates and saves), if it keeps any."""
         if self.annotated_types is not None and self._teacher is None:
-            optimizer = sgd if sgd not in (None, False) else self._last_optimizer
-            self._teacher = self._snapshot(getattr(optimizer, "averages", None))
+            self._teacher = self._snapshot(sgd if sgd not in (None, False) else None)
         return super().update(examples, drop=drop, sgd=sgd, losses=losses)
 
     def finish_update(self, sgd: Optimizer) -> None:
@@ -254,7 +258,7 @@ class TorchEntityRecognizer(TrainablePipe):
         if annotated is None:
             return self._loss(scores, gold, None, EMPTY)
         if self._teacher is None:  # get_loss outside update: the model as it is now
-            self._teacher = self._snapshot(None)
+            self._teacher = self._snapshot()
         docs = [eg.predicted for eg in examples]
         banned = annotated_columns(self.labels, annotated)
         return self._loss(scores, gold, self._teacher_scores(self._teacher, docs), banned)
@@ -369,9 +373,11 @@ class TorchEntityRecognizer(TrainablePipe):
             ids[i] = index[tag]
         return ids
 
-    def _snapshot(self, averages: Optional[Dict]) -> Model:
-        """A frozen copy of the model (with `averages` swapped in, if any): the teacher."""
-        with self.model.use_params(averages or {}):
+    def _snapshot(self, optimizer: Optional[Optimizer] = None) -> Model:
+        """A frozen copy of the model, the teacher: with the averages of `optimizer` (or of the
+        one that last updated the model) swapped in, where it keeps any."""
+        optimizer = optimizer if optimizer is not None else self._last_optimizer
+        with self.model.use_params(getattr(optimizer, "averages", None) or {}):
             return copy_ner(self.model)
 
     def _teacher_scores(self, teacher: Model, docs: List[Doc]) -> Teaching:
