@@ -438,6 +438,36 @@ def test_saved_pipeline_loads_offline_in_a_fresh_process_without_name(minilm, tm
     assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
 
 
+def test_export_writes_a_directory_that_automodel_reads(tiny, tmp_path, capsys):
+    """T3: `python -m torchlayers export PIPELINE COMPONENT OUT --transformer` writes the
+    trained transformer where AutoModel and AutoTokenizer.from_pretrained read it: the
+    trained weights (not the pretrained ones) and the same outputs."""
+    from torchlayers.spacy.export import main
+
+    nlp = spacy.blank("en")
+    tok2vec = {**PIPELINE["tok2vec"], "name": tiny, "window": 16, "stride": 8}
+    nlp.add_pipe("ner", config={"model": {**PIPELINE["ner"], "tok2vec": tok2vec}})
+    examples = [Example.from_dict(nlp.make_doc(t.lower()), {"entities": e}) for t, e in TRAIN]
+    optimizer = nlp.initialize(lambda: examples)
+    nlp.update(examples, sgd=optimizer)
+    nlp.to_disk(tmp_path / "pipeline")
+    assert main([str(tmp_path / "pipeline"), "ner", str(tmp_path / "out"), "--transformer"]) == 0
+    exported = transformers.AutoModel.from_pretrained(tmp_path / "out").eval()
+    hf = next(n for n in nlp.get_pipe("ner").model.walk() if n.name == "hf_transformer")
+    name = "encoder.layer.0.attention.self.query.weight"
+    weight = dict(exported.named_parameters())[name].detach().numpy()
+    assert_array_equal(weight, hf.layers[0].get_param(name))
+    assert not numpy.array_equal(weight, module_init(tiny, name))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    words = ["the", "dog", "walked", "to", "paris"]
+    assert_allclose(
+        direct_rows(exported, str(tmp_path / "out"), words, "mean"),
+        hf.predict([doc(*words)])[0],
+        atol=1e-6,
+    )
+    assert tokenizer.is_fast and "AutoModel.from_pretrained" in capsys.readouterr().out
+
+
 # -- bad settings ---------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""`python -m torchlayers export`: a saved pipeline component's torch weights as safetensors."""
+"""`python -m torchlayers export`: a saved pipeline component's torch weights as safetensors,
+or (`--transformer`) its pretrained transformer as a `save_pretrained` directory."""
 
 import argparse
 from pathlib import Path
@@ -17,7 +18,15 @@ def main(argv: List[str]) -> int:
     )
     parser.add_argument("pipeline", type=Path, help="a directory saved by nlp.to_disk")
     parser.add_argument("component", help="the component's name in the pipeline, e.g. textcat")
-    parser.add_argument("out", type=Path, help="the .safetensors file to write")
+    parser.add_argument(
+        "out", type=Path, help="the .safetensors file to write (--transformer: a directory)"
+    )
+    parser.add_argument(
+        "--transformer",
+        action="store_true",
+        help="write the component's HFTransformer as a directory that transformers' "
+        "AutoModel.from_pretrained and AutoTokenizer.from_pretrained read",
+    )
     parser.add_argument("--name", help="only this torch layer (a path or a node name)")
     parser.add_argument(
         "--averaged", action="store_true", help="the averaged (use_averages) weights"
@@ -30,6 +39,8 @@ def main(argv: List[str]) -> int:
         spacy.util.import_file("functions", args.code)
     nlp = spacy.load(args.pipeline)
     model = cast(Any, nlp.get_pipe(args.component)).model
+    if args.transformer:
+        return export_transformer(model, args.out, args.averaged)
     keys = save_safetensors(model, args.out, name=args.name, averaged=args.averaged)
     nodes = chosen_nodes(model, args.name)
     for (prefix, node), path in zip(prefixed(nodes), nodes):
@@ -37,4 +48,17 @@ def main(argv: List[str]) -> int:
         keys_are = f"'{prefix}' + its state_dict keys" if prefix else "its state_dict keys"
         print(f"{path or '(root)'}: {node.name}, a {module}; keys: {keys_are}")
     print(f"wrote {len(keys)} tensors to {args.out}")
+    return 0
+
+
+def export_transformer(model: Any, out: Path, averaged: bool) -> int:
+    from ..averaged import use_averages
+    from ._hf_export import save_pretrained
+
+    if averaged:
+        with use_averages(model):
+            save_pretrained(model, out)
+    else:
+        save_pretrained(model, out)
+    print(f"wrote the transformer to {out} (AutoModel.from_pretrained reads it)")
     return 0
