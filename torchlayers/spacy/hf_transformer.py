@@ -27,6 +27,7 @@ from .._checks import check_rate
 from .._loading import Layer
 from .._shim import TorchShim
 from ..with_torch import with_torch
+from ._hf_export import save_pretrained
 from ._hf_learn_rate import learn_rate_node
 from ._hf_pieces import POOLINGS, Batch, plan
 from ._hf_source import HFSource, read_width
@@ -208,4 +209,4 @@ def check_window(model: Model, source: HFSource) -> None:
 
 register("architectures", {"torchlayers.HFTransformer.v1": build_hf_transformer})
 
-__all__ = ["build_hf_transformer"]
+__all__ = ["build_hf_transformer", "save_pretrained"]
