@@ -108,7 +108,8 @@ def test_annotated_types_learns_the_new_type_and_keeps_the_old(transitions: bool
 def test_teacher_is_the_model_when_the_setting_takes_effect(transitions: bool) -> None:
     """N5, W5: the first update with the setting takes the teacher: the model as it was, with
     the optimizer's averages swapped in when there are some; later updates keep it; changing
-    the setting retires it; add_label grows it with the model, its old scores unchanged."""
+    the setting or initialize retires it; add_label grows it with the model, its old scores
+    unchanged."""
     nlp, _ = old_types_trained(transitions)
     ner = nlp.get_pipe("torch_ner")
     optimizer = Adam(0.01, use_averages=True)
@@ -131,6 +132,10 @@ def test_teacher_is_the_model_when_the_setting_takes_effect(transitions: bool) -
     ner.annotated_types = ["CITY"]  # the same: kept
     assert ner._teacher is teacher
     ner.annotated_types = [NEW_LABEL]
+    assert ner._teacher is None
+    nlp.update(examples(nlp, TRAIN[:8]), sgd=optimizer)
+    assert ner._teacher is not None
+    ner.initialize(lambda: examples(nlp, TRAIN[:8]))  # new weights: the copy retires
     assert ner._teacher is None
 
 

@@ -416,6 +416,7 @@ class TorchEntityRecognizer(TrainablePipe):
         if not docs:
             raise ValueError(f"{self.name}: initialize needs at least one example")
         self.model.initialize(X=docs)
+        self._teacher = None  # it was a copy of other weights
 
     def add_label(self, label: str) -> int:
         """Add an entity type; 0 if it is there already, else 1.
