@@ -216,6 +216,25 @@ def test_backward_equals_torch_autograd_through_windows_and_pooling(tiny):
     assert_allclose(numpy.concatenate(rows), pooled.detach().numpy(), atol=1e-5)
 
 
+def test_another_auto_model_whose_config_names_its_width_otherwise(tmp_path):
+    """T1: any AutoModel with a fast tokenizer: DistilBERT (no token types; its config says
+    `dim`, not `hidden_size`) gives rows and gradients."""
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig(vocab_size=len(VOCAB), dim=8, n_layers=1, n_heads=2,
+                              hidden_dim=16, max_position_embeddings=64)  # fmt: skip
+    DistilBertModel(config).save_pretrained(tmp_path)
+    BertTokenizerFast(vocab={piece: i for i, piece in enumerate(VOCAB)}).save_pretrained(tmp_path)
+    model = build_hf_transformer(str(tmp_path), window=32, stride=16)
+    assert model.get_dim("nO") == 8
+    model.initialize()
+    rows, backprop = model([doc(*SENTENCE), doc()], is_train=True)
+    assert [r.shape for r in rows] == [(len(SENTENCE), 8), (0, 8)]
+    backprop(rows)
+    node = model.layers[0]
+    assert all(node.has_grad(name) for name in node.param_names)
+
+
 # -- T5: fine-tuning controls ---------------------------------------------------------------
 
 

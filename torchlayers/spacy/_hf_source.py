@@ -8,7 +8,6 @@ params. A loaded pipeline builds the architecture from the saved config and the 
 the saved files: `name` need not exist any more, and nothing reaches for a network.
 """
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -34,6 +33,7 @@ class HFSource:
         self._tokenizer: Any = None  # built from `files` on first use
         self._pretrained: Optional[torch.nn.Module] = None  # read at initialize, built once
         self._specials: Optional[Specials] = None
+        self._config: Any = None  # the config object, built from `config` on first use
 
     def read(self, layer: str) -> None:
         """Read config, tokenizer and weights from `name` (initialize)."""
@@ -48,6 +48,7 @@ class HFSource:
             files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
         self.config, self.files = config.to_json_string(), files
         self._tokenizer, self._pretrained, self._specials = tokenizer, module, None
+        self._config = config
 
     def __call__(self, nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
         """The module: the pretrained one just read, or one built from the saved config (a
@@ -97,7 +98,14 @@ class HFSource:
         return self._specials
 
     def setting(self, key: str) -> Any:
-        return json.loads(self.config).get(key) if self.config else None
+        """A config value by its common name (`hidden_size` is DistilBERT's `dim`, BART's
+        `d_model`: transformers' attribute maps answer), None where the config has none."""
+        if not self.config:
+            return None
+        if self._config is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self._config = self.saved_config(tmp)
+        return getattr(self._config, key, None)
 
     def __deepcopy__(self, memo: Dict) -> "HFSource":
         # A copy builds its own tokenizer from the files: the two never share state.
