@@ -235,6 +235,33 @@ def test_another_auto_model_whose_config_names_its_width_otherwise(tmp_path):
     assert all(node.has_grad(name) for name in node.param_names)
 
 
+def test_a_byte_level_tokenizer_gets_each_word_its_space(tmp_path):
+    """T1, T3: a byte-level BPE tokenizer (RoBERTa's) runs split words with the space each
+    had in pretraining (add_prefix_space), also after a load; its special pieces are <s> and
+    </s>."""
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    pieces = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "\u0120", "t", "h", "e", "d", "o", "g"]
+    RobertaTokenizerFast(vocab={p: i for i, p in enumerate(pieces)}, merges=[]).save_pretrained(
+        tmp_path
+    )
+    config = RobertaConfig(vocab_size=len(pieces), hidden_size=8, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=16,
+                           max_position_embeddings=40, pad_token_id=1)  # fmt: skip
+    RobertaModel(config).save_pretrained(tmp_path)
+    model = built(str(tmp_path), window=16, stride=8)
+    from torchlayers.spacy.hf_transformer import tokenize
+
+    batch = tokenize(model, [doc("the", "dog")])
+    assert batch.input_ids.tolist() == [[0, 5, 6, 7, 8, 5, 9, 10, 11, 2]]
+    loaded = build_hf_transformer("/no/such/model", window=16, stride=8)
+    loaded.from_bytes(model.to_bytes())
+    assert tokenize(loaded, [doc("the", "dog")]).input_ids.tolist() == batch.input_ids.tolist()
+    assert_array_equal(
+        loaded.predict([doc("the", "dog")])[0], model.predict([doc("the", "dog")])[0]
+    )
+
+
 # -- T5: fine-tuning controls ---------------------------------------------------------------
 
 

@@ -42,6 +42,11 @@ class HFSource:
         config = load(layer, self.name, "config", AutoConfig.from_pretrained)
         tokenizer = load(layer, self.name, "tokenizer", AutoTokenizer.from_pretrained)
         check_fast(layer, self.name, tokenizer)
+        if byte_level_without_prefix_space(tokenizer):
+            # RoBERTa, GPT-2: each word of a split input needs the space it had in
+            # pretraining; the saved files keep the setting
+            tokenizer = load(layer, self.name, "tokenizer", AutoTokenizer.from_pretrained,
+                             add_prefix_space=True)  # fmt: skip
         module = load(layer, self.name, "weights", AutoModel.from_pretrained, dtype=torch.float32)
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save_pretrained(tmp)
@@ -90,11 +95,19 @@ class HFSource:
         """The special pieces the tokenizer puts before and after a sequence."""
         if self._specials is None:
             tokenizer = self.tokenizer(layer)
-            encoding = tokenizer(["a"], is_split_into_words=True)
-            ids, owners = encoding["input_ids"], encoding.word_ids()
-            inside = [i for i, owner in enumerate(owners) if owner is not None]
             pad = 0 if tokenizer.pad_token_id is None else tokenizer.pad_token_id
-            self._specials = Specials(ids[: inside[0]], ids[inside[-1] + 1 :], pad)
+            for probe in ("a", "the", "x", tokenizer.unk_token or "a"):
+                encoding = tokenizer([probe], is_split_into_words=True)
+                ids, owners = encoding["input_ids"], encoding.word_ids()
+                inside = [i for i, owner in enumerate(owners) if owner is not None]
+                if inside:
+                    self._specials = Specials(ids[: inside[0]], ids[inside[-1] + 1 :], pad)
+                    break
+            else:
+                raise ValueError(
+                    f"{layer}: name={self.name!r}: the tokenizer gives no pieces for 'a', "
+                    "'the', 'x' or its unknown token: cannot tell its special pieces"
+                )
         return self._specials
 
     def setting(self, key: str) -> Any:
@@ -130,6 +143,11 @@ def check_fast(layer: str, name: str, tokenizer: Any) -> None:
             "one; HFTransformer maps pieces to tokens with a fast tokenizer's word_ids() "
             "(save the model with a tokenizer.json)"
         )
+
+
+def byte_level_without_prefix_space(tokenizer: Any) -> bool:
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    return type(pre).__name__ == "ByteLevel" and not getattr(pre, "add_prefix_space", True)
 
 
 def read_width(name: str) -> Optional[int]:
