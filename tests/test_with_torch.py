@@ -773,3 +773,16 @@ def test_a_bare_array_as_the_gradient_of_a_dict_output_names_the_keys():
     Y, backprop = model(ArgsKwargs(args=(), kwargs=ids), is_train=True)
     backprop({"last_hidden_state": dH})
     assert model.get_grad("embed.weight")[1:4].sum() == 12
+
+
+def test_a_refused_gradient_leaves_the_backprop_callable() -> None:
+    """W10: a gradient of the wrong shape is refused before the graph is used, so the same
+    backprop then takes the right one; only a call after a backward that ran is refused."""
+    model = with_torch(mlp())
+    X = batch()
+    Y, backprop = model(X, is_train=True)
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(4, 3\)"):
+        backprop(numpy.ones((4, 2), dtype="f"))
+    assert backprop(numpy.ones_like(Y)).shape == X.shape
+    with pytest.raises(ValueError, match="already called"):
+        backprop(numpy.ones_like(Y))

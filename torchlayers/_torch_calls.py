@@ -9,7 +9,7 @@ forward, init); this file the calls, written for a fixed cost per call of a few 
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Dict, List, NoReturn, Optional
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 import numpy
 import torch
@@ -112,10 +112,10 @@ def raise_rejected(model: Model, X: Any, err: Exception) -> NoReturn:
     ) from err
 
 
-def backward(
-    model: Model, shim: TorchShim, Yt: Any, dY: Any, inputs: List[Optional[torch.Tensor]]
-) -> None:
-    """Run torch's backward from `dY`, accumulating into the node's Thinc gradients."""
+def output_gradients(model: Model, Yt: Any, dY: Any) -> Tuple[List[Any], List[torch.Tensor]]:
+    """The outputs that take a gradient and `dY`'s tensors for them, checked: a `dY` of another
+    structure or shape is refused here, before the graph is used, so a corrected call can
+    follow."""
     if isinstance(Yt, torch.Tensor) and is_array(dY):
         pairs = [(Yt, dY)]
     else:
@@ -134,6 +134,18 @@ def backward(
         outputs.append(y)
         grad = to_tensor(dy)
         grads.append(grad if grad.dtype is y.dtype else grad.to(y.dtype))
+    return outputs, grads
+
+
+def backward(
+    model: Model,
+    shim: TorchShim,
+    outputs: List[Any],
+    grads: List[torch.Tensor],
+    inputs: List[Optional[torch.Tensor]],
+) -> None:
+    """Run torch's backward from `output_gradients`, accumulating into the node's Thinc
+    gradients."""
     links = shim.links
     kept = links.prepare_grads(model, separate=shim.autocast)
     if outputs and shim.autocast:

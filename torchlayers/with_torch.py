@@ -15,6 +15,7 @@ from ._torch_calls import (
     check_input,
     input_grad,
     input_tensor,
+    output_gradients,
     predict,
     to_arrays,
     train_call,
@@ -121,8 +122,9 @@ def forward(model: Model[InT, OutT], X: InT, is_train: bool) -> Tuple[OutT, Call
                 f"{model.name}: backprop was already called for this forward pass; torch frees "
                 "the graph after one backward, so run the forward pass again"
             )
+        outputs, d_outputs = output_gradients(model, Yt, dY)  # a refused dY keeps the graph
         done = True
-        backward(model, shim, Yt, dY, leaves)
+        backward(model, shim, outputs, d_outputs, leaves)
         if len(leaves) == 1 and is_array(X):
             return cast(InT, input_grad(X, leaves[0]))
         grads = iter(leaves)
