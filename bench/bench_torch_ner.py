@@ -6,6 +6,8 @@
   and with `transitions = true`.
 - Training words/s of `torch_ner` (both variants) against spaCy's `ner`, same tok2vec config,
   same batches of the project's NER corpus: a ratio of words/s (no budget; > 1 is faster).
+- P13: training words/s of `torch_ner` with `transitions = true` against the per-token variant,
+  same cases. Budget: >= 0.80x.
 - The torchlayers EMA the default model no longer keeps (`max_decay = null`) against the one it
   kept before (`max_decay = 0.999`): the time of an update and the saved bytes, as ratios
   (no budget; < 1 is what dropping it saves).
@@ -104,6 +106,8 @@ def main() -> bool:
     for name in ("torch_ner", "torch_ner+crf"):
         ratio = times["ner"] / times[name]
         print(f"{name} training words/s vs spaCy ner: {ratio:.2f}x (no budget; > 1 is faster)")
+    crf_vs_per_token = times["torch_ner"] / times["torch_ner+crf"]
+    ok &= report("P13 torch_ner+crf training words/s vs per-token", crf_vs_per_token, 0.8, "higher")
     cases, sizes = ema_cases()
     times = medians(cases, rounds=9, number=2)
     ratio = times["no EMA"] / times["EMA"]
