@@ -33,16 +33,19 @@ DOCS, TOKENS = 50, 20
 WORDS = "the of Paris and a in Berlin to was Apple Mary said for on it with as by".split()
 
 
-def decoding_cases(transitions: bool) -> Dict[str, Callable[[], object]]:
-    """Prediction (forward + decode) and decoding alone, 10 types, 1000 tokens a batch."""
+def decoding_cases(transitions: bool, varied: bool = False) -> Dict[str, Callable[[], object]]:
+    """Prediction (forward + decode) and decoding alone, 10 types, 1000 tokens a batch: 50 docs
+    of 20 tokens, or (`varied`) of 1 to 39 tokens, as tweets are (decoding runs to the longest
+    doc of a batch; the docs still running at each step are all it works on)."""
     fix_random_seed(0)
     nlp = spacy.blank("en")
     ner = nlp.add_pipe("torch_ner", config={"model": {"transitions": transitions}})
     for label in TYPES:
         ner.add_label(label)
+    lengths = [1 + (i * 29) % 39 if varied else TOKENS for i in range(DOCS)]
     docs = [
-        spacy.tokens.Doc(nlp.vocab, words=[WORDS[(i * 7 + j) % len(WORDS)] for j in range(TOKENS)])
-        for i in range(DOCS)
+        spacy.tokens.Doc(nlp.vocab, words=[WORDS[(i * 7 + j) % len(WORDS)] for j in range(n)])
+        for i, n in enumerate(lengths)
     ]
     nlp.initialize(lambda: [Example(doc, doc) for doc in docs[:4]])
     scores = ner.model.predict(docs)
@@ -94,9 +97,10 @@ def ema_cases() -> Tuple[Dict[str, Callable[[], object]], Dict[str, int]]:
 
 def main() -> bool:
     ok = True
-    for transitions in (False, True):
-        times = medians(decoding_cases(transitions), rounds=15, number=5)
+    for transitions, varied in ((False, False), (True, False), (False, True)):
+        times = medians(decoding_cases(transitions, varied), rounds=15, number=5)
         label = "with transitions" if transitions else "per-token"
+        label += ", docs of 1-39 tokens" if varied else ""
         ok &= report(
             f"P8 torch_ner decoding vs prediction ({label})",
             times["decode"] / times["predict"],
