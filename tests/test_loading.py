@@ -327,3 +327,23 @@ def test_prediction_overlapping_a_training_call_is_refused():
     release.set()
     trainer.join(timeout=30)
     assert model.predict(batch()).shape == (4, NO)  # fine again once training is done
+
+
+def test_a_copy_keeps_its_refs_to_nodes_below_it() -> None:
+    """W9: a Layer's copy points its refs at the copies of the nodes they named (Thinc's own
+    copy drops refs); a ref to a node outside the copied tree is not carried over."""
+    from thinc.api import Linear, chain
+
+    from torchlayers._loading import Layer
+
+    inner, outside = Linear(2, 2), Linear(2, 2)
+    node = Layer(
+        "node",
+        lambda model, X, is_train: model.layers[0](X, is_train),
+        layers=[chain(inner, Linear(2, 2))],
+        refs={"inner": inner, "outside": outside},
+    )
+    copied = node.copy()
+    copied_inner = copied.get_ref("inner")
+    assert copied_inner is copied.layers[0].layers[0] and copied_inner is not inner
+    assert not copied.has_ref("outside")

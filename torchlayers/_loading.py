@@ -70,11 +70,18 @@ class Layer(Model[InT, OutT]):
         super().to_gpu(gpu_id)
 
     def _copy(self: SelfT, seen: Optional[Dict] = None) -> SelfT:
+        seen = {} if seen is None else seen  # ours: it maps each node below to its copy
         copied = super()._copy(seen)
         copied.__class__ = type(self)  # Thinc's _copy builds a plain Model; same slots
         for shim in copied.shims:  # copied before Thinc built this node: introduce them
             if isinstance(shim, NodeShim):
                 shim.bind(copied)
+        # Thinc's _copy drops refs; a ref to a node below this one points to that node's copy
+        # (torch_ner's "crf" ref, which get_loss runs and a resize grows).
+        for name in self.ref_names:
+            ref = self.maybe_get_ref(name)
+            if ref is not None and id(ref) in seen:
+                copied.set_ref(name, seen[id(ref)])
         return copied
 
 

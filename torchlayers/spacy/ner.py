@@ -32,10 +32,10 @@ from spacy.vocab import Vocab
 from thinc.api import ArgsKwargs, Config, Model, Optimizer, set_dropout_rate, to_numpy
 from thinc.types import Floats2d
 
+from . import ner_model  # noqa: F401  registers torchlayers.TorchNER.v1
 from ._ner_teacher import annotated_columns, soft_loss, soft_targets, teacher_ids
 from ._registry import register
 from .biluo import check_label, tag_names, transition_scores, viterbi
-from .ner_model import copy_ner  # registers torchlayers.TorchNER.v1
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -378,7 +378,7 @@ class TorchEntityRecognizer(TrainablePipe):
         one that last updated the model) swapped in, where it keeps any."""
         optimizer = optimizer if optimizer is not None else self._last_optimizer
         with self.model.use_params(getattr(optimizer, "averages", None) or {}):
-            return copy_ner(self.model)
+            return self.model.copy()  # Layer._copy keeps the "crf" ref
 
     def _teacher_scores(self, teacher: Model, docs: List[Doc]) -> Teaching:
         """The teacher's scores of `docs` (one prediction) and its learned transitions."""

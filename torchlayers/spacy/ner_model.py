@@ -122,18 +122,6 @@ def init(
         layer.initialize(X if layer is model.layers[0] else None)
 
 
-def copy_ner(model: Model) -> Model:
-    """`model.copy()` with its refs ("crf", "transitions") pointing into the copy: Thinc's
-    `copy` builds each node anew without its refs, which would leave a copy with no CRF."""
-    copied = model.copy()
-    nodes = {id(node): i for i, node in enumerate(model.walk())}
-    copies = list(copied.walk())
-    for name in model.ref_names:
-        if model.has_ref(name):
-            copied.set_ref(name, copies[nodes[id(model.get_ref(name))]])
-    return copied
-
-
 def resize_ner(model: Model, n_tags: int) -> Model:
     """Set or grow the number of BILUO tags: the output layer's units and the CRF's matrix."""
     if isinstance(n_tags, bool) or not isinstance(n_tags, int) or n_tags < 1 or (n_tags - 1) % 4:
