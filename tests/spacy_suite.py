@@ -20,17 +20,23 @@ from thinc.types import Floats2d
 
 from torchlayers.spacy.encoders import (
     build_torch_bilstm_encoder_v2,
-    build_torch_transformer_encoder,
+    build_torch_transformer_encoder_v2,
 )
 
 Encoder = Model[List[Floats2d], List[Floats2d]]
 
 # The CNN's arguments are (width, window_size, maxout_pieces, depth); each encoder keeps the
 # width and its own shipped defaults otherwise: the suite checks the encoders as users get them.
+# The Transformer takes the most heads up to its default 4 that divide the width (spaCy's
+# suite builds widths such as 333 and 342, which a user would give 3 or 2 heads).
 ENCODERS: Dict[str, Callable[[int], Encoder]] = {
     "bilstm": lambda width: build_torch_bilstm_encoder_v2(width),
-    "transformer": lambda width: build_torch_transformer_encoder(width),
+    "transformer": lambda width: build_torch_transformer_encoder_v2(width, heads=heads(width)),
 }
+
+
+def heads(width: int) -> int:
+    return next(n for n in (4, 3, 2, 1) if width % n == 0)
 
 
 def chosen() -> str:

@@ -12,6 +12,7 @@ from thinc.api import set_dropout_rate
 from torchlayers.spacy._bilstm import CONTEXT_GAIN
 from torchlayers.spacy.encoders import (
     BiLSTM,
+    Transformer,
     build_torch_bilstm_encoder,
     build_torch_transformer_encoder,
 )
@@ -110,3 +111,31 @@ def test_bilstm_v2_is_registered() -> None:
     model.initialize()
     node = model.layers[0]
     assert node.shims[0].module.residual
+
+
+@pytest.mark.parametrize("nI", [WIDTH, 5])
+def test_the_residual_transformer(nI: int) -> None:
+    """E6: the v2 Transformer gives `X + LayerNorm(layers(X))` where its input is `width` wide,
+    and `LayerNorm(layers(X))` where not; the norm's gain starts at CONTEXT_GAIN."""
+    torch.manual_seed(0)
+    module = Transformer(nI, WIDTH, residual=True)
+    plain = Transformer(nI, WIDTH)
+    plain.load_state_dict({k: v for k, v in module.state_dict().items() if "norm." != k[:5]})
+    module.eval(), plain.eval()
+    assert (module.norm.weight == CONTEXT_GAIN).all()
+    X = torch.randn(2, 4, nI)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    with torch.no_grad():
+        context = module.norm(plain(X, mask))
+        expected = X + context if nI == WIDTH else context
+        assert torch.allclose(module(X, mask), expected, atol=1e-6)
+
+
+def test_transformer_v2_is_registered() -> None:
+    """E6, C1: configs name the residual Transformer `torchlayers.TorchTransformerEncoder.v2`."""
+    from spacy import registry
+
+    build = registry.architectures.get("torchlayers.TorchTransformerEncoder.v2")
+    model = build(width=WIDTH, heads=2)
+    model.initialize()
+    assert model.layers[0].shims[0].module.residual

@@ -13,6 +13,7 @@ serialization, `copy`, GPU.
 - `torchlayers.TorchBiLSTMEncoder.v1`: a bidirectional LSTM (`BiLSTM`), batch-independent.
 - `torchlayers.TorchBiLSTMEncoder.v2`: the same with a normalised residual connection.
 - `torchlayers.TorchTransformerEncoder.v1`: a Transformer encoder (`Transformer`).
+- `torchlayers.TorchTransformerEncoder.v2`: the same with a normalised residual connection.
 
 In a config:
 
@@ -107,11 +108,25 @@ def bilstm_encoder(
 def build_torch_transformer_encoder(
     width: int, depth: int = 2, heads: int = 4, dropout: float = 0.0, mixed_precision: bool = False
 ) -> Encoder:
-    """A Transformer encoder: projection to `width`, sinusoidal positions, `depth` layers of
-    `heads` heads, padded keys masked. dropout: every `nn.Dropout` inside, at the caller's rate
-    once training sets one."""
+    """A Transformer encoder (v1): projection to `width`, sinusoidal positions, `depth` layers
+    of `heads` heads, padded keys masked. dropout: every dropout inside (attention included),
+    at the caller's rate once training sets one."""
+    return transformer_encoder(width, depth, heads, dropout, mixed_precision, residual=False)
+
+
+def build_torch_transformer_encoder_v2(
+    width: int, depth: int = 2, heads: int = 4, dropout: float = 0.0, mixed_precision: bool = False
+) -> Encoder:
+    """The v1 encoder with a normalised residual connection, `X + LayerNorm(layers(X))`, as
+    the v2 BiLSTM (`Transformer`'s `residual`)."""
+    return transformer_encoder(width, depth, heads, dropout, mixed_precision, residual=True)
+
+
+def transformer_encoder(
+    width: int, depth: int, heads: int, dropout: float, mixed_precision: bool, residual: bool
+) -> Encoder:
     Transformer(1, width, depth, heads, dropout)  # check the arguments now
-    factory = TransformerFactory(width, depth, heads, dropout)
+    factory = TransformerFactory(width, depth, heads, dropout, residual)
     return build_torch_encoder(factory, width, True, dropout, mixed_precision)
 
 
@@ -133,12 +148,15 @@ class TransformerFactory:
 
     __name__ = "Transformer"
 
-    def __init__(self, width: int, depth: int, heads: int, dropout: float) -> None:
+    def __init__(
+        self, width: int, depth: int, heads: int, dropout: float, residual: bool = False
+    ) -> None:
         self.width, self.depth, self.heads, self.dropout = width, depth, heads, dropout
+        self.residual = residual
 
     def __call__(self, nI: Optional[int], nO: Optional[int]) -> torch.nn.Module:
         nI = input_width(nI, self.width)
-        return Transformer(nI, self.width, self.depth, self.heads, self.dropout)
+        return Transformer(nI, self.width, self.depth, self.heads, self.dropout, self.residual)
 
 
 def input_width(nI: Optional[int], width: int) -> int:
@@ -159,6 +177,7 @@ register(
         "torchlayers.TorchBiLSTMEncoder.v1": build_torch_bilstm_encoder,
         "torchlayers.TorchBiLSTMEncoder.v2": build_torch_bilstm_encoder_v2,
         "torchlayers.TorchTransformerEncoder.v1": build_torch_transformer_encoder,
+        "torchlayers.TorchTransformerEncoder.v2": build_torch_transformer_encoder_v2,
     },
 )
 
@@ -168,6 +187,7 @@ __all__ = [
     "build_torch_bilstm_encoder",
     "build_torch_bilstm_encoder_v2",
     "build_torch_transformer_encoder",
+    "build_torch_transformer_encoder_v2",
     "BiLSTM",
     "Transformer",
 ]
