@@ -620,3 +620,45 @@ def test_spacy_train_with_the_transformer_in_ner(tiny, tmp_path):
     assert loaded("the dog walked to paris").ents is not None
     nodes = loaded.get_pipe("ner").model.walk()
     assert next(n for n in nodes if n.name == "hf_transformer").get_dim("nO") == WIDTH
+
+
+def test_torch_ner_add_label_over_a_fine_tuned_transformer_keeps_old_entities(tiny):
+    """T6, N2: torch_ner over HFTransformer.v1, its transformer fine-tuned by a few updates;
+    `add_label` then leaves every old entity prediction identical (and the old tags' scores)."""
+    import torchlayers.spacy.ner  # noqa: F401  registers torch_ner
+
+    nlp = spacy.blank("en")
+    tok2vec = {"@architectures": "torchlayers.HFTransformer.v1", "name": tiny, "dropout": 0.0}
+    nlp.add_pipe("torch_ner", config={"model": {"tok2vec": tok2vec, "hidden_width": 16}})
+    texts = [
+        ("the dog walked to paris .", ["paris"]),
+        ("a cat is in berlin", ["berlin"]),
+        ("the biggest sun is in paris , a dog runs to berlin", ["paris", "berlin"]),
+    ]
+    train = []
+    for text, places in texts:
+        spans, start = [], 0
+        for place in places:
+            start = text.index(place, start)
+            spans.append((start, start + len(place), "GPE"))
+        train.append(Example.from_dict(nlp.make_doc(text), {"entities": spans}))
+    optimizer = Adam(0.01)
+    nlp.initialize(lambda: train, sgd=optimizer)
+    ner = nlp.get_pipe("torch_ner")
+    transformer = next(n for n in ner.model.walk() if n.name == "hf_transformer").layers[0]
+    weights = {name: transformer.get_param(name).copy() for name in transformer.param_names}
+    for _ in range(40):
+        nlp.update(train, sgd=optimizer, drop=0.0)
+    assert any((transformer.get_param(k) != v).any() for k, v in weights.items())  # fine-tuned
+    probes = [text for text, _ in texts] + ["the cat walked to berlin .", "paris is big"]
+
+    def found():
+        return [[(e.start, e.end, e.label_) for e in d.ents] for d in nlp.pipe(probes)]
+
+    before = found()
+    old = [s.copy() for s in ner.model.predict([nlp.make_doc(t) for t in probes])]
+    assert any(before)  # there are old entities to keep
+    assert ner.add_label("ANIMAL") == 1
+    assert found() == before
+    for was, now in zip(old, ner.model.predict([nlp.make_doc(t) for t in probes])):
+        assert_allclose(now[:, : was.shape[1]], was, rtol=1e-5, atol=1e-5)
