@@ -66,3 +66,20 @@ def test_ner_encoder_example(capsys):
     assert "old predictions unchanged: True" in out
     assert "encoder weights moved while learning PRODUCT: True" in out
     assert report["PRODUCT f"] > 0.5 and report["ents_f before"] > 0.8
+
+
+def test_transformer_ner_example(capsys):
+    """T1, T3, T6, E3: examples/transformer_ner trains spaCy's ner over the real MiniLM
+    (HFTransformer.v1), adds a type with every old entity unchanged, and the saved pipeline
+    loads offline with the MiniLM directory gone, with identical entities."""
+    pytest.importorskip("all_minilm_l6_v2")
+    spec = importlib.util.spec_from_file_location(
+        "transformer_ner", EXAMPLES / "transformer_ner" / "run.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(sentences=32, epochs=1)
+    out = capsys.readouterr().out
+    assert "old entities unchanged: True" in out and "entities identical: True" in out
+    assert report["unchanged"] and report["same"]
