@@ -72,7 +72,7 @@ Result = Tuple[float, float, float]  # final F, best F, training words/s
 
 def bilstm_tok2vec(depth: int) -> Dict[str, Any]:
     """`spacy.Tok2Vec.v2`: HashEmbedCNN's own embedding, the BiLSTM v2 as its encoder."""
-    width, rows = int(cast(int, TOK2VEC["width"])), int(cast(int, TOK2VEC["embed_size"]))
+    width, rows = cast(int, TOK2VEC["width"]), cast(int, TOK2VEC["embed_size"])
     embed = {
         "@architectures": "spacy.MultiHashEmbed.v2", "width": width,
         "attrs": ["NORM", "PREFIX", "SUFFIX", "SHAPE"],
