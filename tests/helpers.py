@@ -101,3 +101,26 @@ def assert_gradients_equal_torch(module: torch.nn.Module, X: numpy.ndarray, dY: 
     assert_array_equal(dX, X_t.grad.numpy())
     for name, param in reference.named_parameters():
         assert_array_equal(model.get_grad(name), param.grad.numpy())
+
+
+TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "dog", "cat", "run",
+                   "##s", "sleep", "big", "##gest", "sun", ".", ",", "paris", "berlin", "in", "is",
+                   "##ing", "walk", "##ed", "to"]  # fmt: skip
+TINY_BERT_WIDTH = 16
+
+
+def save_tiny_bert(path) -> str:
+    """A random 2-layer BERT, 16 wide, with a fast WordPiece tokenizer over TINY_BERT_VOCAB,
+    written to `path` as save_pretrained writes it (the HFTransformer.v1 tests, T1-T6)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(TINY_BERT_VOCAB), hidden_size=TINY_BERT_WIDTH, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=128,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(path)
+    tokenizer = BertTokenizerFast(vocab={piece: i for i, piece in enumerate(TINY_BERT_VOCAB)})
+    assert tokenizer(["the", "biggest"], is_split_into_words=True).input_ids == [2, 5, 12, 13, 3]
+    tokenizer.save_pretrained(path)
+    return str(path)

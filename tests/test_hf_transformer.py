@@ -27,33 +27,18 @@ from spacy.tokens import Doc  # noqa: E402
 from spacy.training import Example  # noqa: E402
 from thinc.api import Adam, set_dropout_rate  # noqa: E402
 
+from tests.helpers import TINY_BERT_VOCAB, TINY_BERT_WIDTH, save_tiny_bert  # noqa: E402
 from torchlayers.spacy._hf_pieces import Specials, plan  # noqa: E402
 from torchlayers.spacy.hf_transformer import build_hf_transformer  # noqa: E402
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "dog", "cat", "run", "##s",
-         "sleep", "big", "##gest", "sun", ".", ",", "paris", "berlin", "in", "is", "##ing",
-         "walk", "##ed", "to"]  # fmt: skip
-WIDTH = 16
+VOCAB, WIDTH = TINY_BERT_VOCAB, TINY_BERT_WIDTH
 VOCAB_NLP = spacy.blank("en").vocab
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> str:
-    """A random 2-layer BERT, 16 wide, with a fast WordPiece tokenizer, as save_pretrained
-    writes it."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=128,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(path)
-    tokenizer = BertTokenizerFast(vocab={piece: i for i, piece in enumerate(VOCAB)})
-    assert tokenizer(["the", "biggest"], is_split_into_words=True).input_ids == [2, 5, 12, 13, 3]
-    tokenizer.save_pretrained(path)
-    return str(path)
+    """A random 2-layer BERT, 16 wide, with a fast WordPiece tokenizer (tests/helpers.py)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
