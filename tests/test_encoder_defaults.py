@@ -6,10 +6,12 @@ from typing import List
 import numpy
 import pytest
 import torch
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 from thinc.api import set_dropout_rate
 
 from torchlayers.spacy._bilstm import CONTEXT_GAIN
+from torchlayers.spacy._transformer import CONTEXT_GAIN as TRANSFORMER_GAIN
+from torchlayers.spacy._transformer import Around, positions
 from torchlayers.spacy.encoders import (
     BiLSTM,
     Transformer,
@@ -89,17 +91,53 @@ def test_an_odd_width_bilstm() -> None:
 
 @pytest.mark.parametrize("nI", [WIDTH, 5])
 def test_the_residual_bilstm(nI: int) -> None:
-    """E6: the v2 BiLSTM gives `X + LayerNorm(lstms(X))` where its input is `width` wide, and
-    `LayerNorm(lstms(X))` where not; the norm's gain starts at CONTEXT_GAIN."""
+    """E6: the v2 BiLSTM gives `X + LayerNorm(context)` where its input is `width` wide, and
+    `LayerNorm(context)` where not, the context being the LSTMs' states around each token; the
+    norm's gain starts at CONTEXT_GAIN."""
     torch.manual_seed(0)
     module = BiLSTM(nI, WIDTH, residual=True)
     assert (module.norm.weight == CONTEXT_GAIN).all()
     X = torch.randn(2, 4, nI)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     with torch.no_grad():
-        context = module.norm(module.lstms(X, mask))
+        context = module.norm(module.lstms(X, mask, around=True))
         expected = X + context if nI == WIDTH else context
         assert_array_equal(module(X, mask).numpy(), expected.numpy())
+
+
+def test_the_context_around_a_token_is_its_neighbours_states() -> None:
+    """E6, E1: the v2 BiLSTM's context at token t is the forward state at t - 1 and the backward
+    state at t + 1 of the same doc, zeros past its ends; the padding is never read."""
+    torch.manual_seed(0)
+    module = BiLSTM(5, WIDTH, residual=True)
+    X = torch.randn(2, 4, 5)
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    ahead = WIDTH - WIDTH // 2
+    with torch.no_grad():
+        states = module.lstms(X, mask)
+        around = module.lstms(X, mask, around=True)
+    for doc, length in enumerate([4, 3]):
+        zeros = torch.zeros(1, WIDTH // 2)
+        forward = torch.cat([torch.zeros(1, ahead), states[doc, : length - 1, :ahead]])
+        backward = torch.cat([states[doc, 1:length, ahead:], zeros])
+        assert_array_equal(around[doc, :length, :ahead].numpy(), forward.numpy())
+        assert_array_equal(around[doc, :length, ahead:].numpy(), backward.numpy())
+
+
+def test_a_tokens_context_does_not_read_the_token() -> None:
+    """E6: a token's context comes from the other tokens alone, so a word never seen in
+    training is read from its neighbours (spaCy's tests tag "blue" in "I like blue eggs" from
+    "I like green eggs"); the token itself reaches the output through the residual."""
+    torch.manual_seed(0)
+    module = BiLSTM(WIDTH, WIDTH, residual=True)
+    X = torch.randn(1, 5, WIDTH)
+    changed = X.clone()
+    changed[0, 2] = torch.randn(WIDTH)
+    with torch.no_grad():
+        Y, Y_changed = module(X), module(changed)
+    # (Y - X) is the context; the subtraction rounds, so compare to float32 precision
+    assert_allclose((Y_changed - changed)[0, 2].numpy(), (Y - X)[0, 2].numpy(), atol=1e-6)
+    assert not torch.allclose(Y_changed[0, 1], Y[0, 1])  # its neighbours do read it
 
 
 def test_bilstm_v2_is_registered() -> None:
@@ -113,22 +151,47 @@ def test_bilstm_v2_is_registered() -> None:
     assert node.shims[0].module.residual
 
 
+AROUND = {"around", "norm"}  # the v2 Transformer's own modules
+
+
 @pytest.mark.parametrize("nI", [WIDTH, 5])
 def test_the_residual_transformer(nI: int) -> None:
-    """E6: the v2 Transformer gives `X + LayerNorm(layers(X))` where its input is `width` wide,
-    and `LayerNorm(layers(X))` where not; the norm's gain starts at CONTEXT_GAIN."""
+    """E6: the v2 Transformer gives `X + LayerNorm(around(P, layers(X)))` where its input is
+    `width` wide, and no `X +` where not; the norm's gain starts at its CONTEXT_GAIN."""
     torch.manual_seed(0)
     module = Transformer(nI, WIDTH, residual=True)
     plain = Transformer(nI, WIDTH)
-    plain.load_state_dict({k: v for k, v in module.state_dict().items() if "norm." != k[:5]})
+    kept = {k: v for k, v in module.state_dict().items() if k.split(".")[0] not in AROUND}
+    plain.load_state_dict(kept)
     module.eval(), plain.eval()
-    assert (module.norm.weight == CONTEXT_GAIN).all()
+    assert (module.norm.weight == TRANSFORMER_GAIN).all()
     X = torch.randn(2, 4, nI)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     with torch.no_grad():
-        context = module.norm(plain(X, mask))
+        P = positions(4, WIDTH, X.device, X.dtype)
+        context = module.norm(module.around(P, plain(X, mask), ~mask))
         expected = X + context if nI == WIDTH else context
-        assert torch.allclose(module(X, mask), expected, atol=1e-6)
+        assert torch.allclose(module(X, mask)[mask], expected[mask], atol=1e-6)
+
+
+def test_around_reads_every_token_but_itself() -> None:
+    """E6, E1: `Around`'s row for token t does not depend on row t of its input, does depend
+    on the other real rows, and never on the padding; a doc of one token reads nothing and
+    still gets a finite row."""
+    torch.manual_seed(0)
+    around = Around(WIDTH, 2, 0.0).eval()
+    P = positions(4, WIDTH, torch.device("cpu"), torch.float32)
+    H = torch.randn(2, 4, WIDTH)
+    ignored = torch.tensor([[False] * 4, [False, True, True, True]])
+    changed = H.clone()
+    changed[0, 2] = torch.randn(WIDTH)
+    changed[1, 1:] = torch.randn(3, WIDTH)  # the padding of the one-token doc
+    with torch.no_grad():
+        G, G_changed = around(P, H, ignored), around(P, changed, ignored)
+    assert torch.allclose(G_changed[0, 2], G[0, 2], atol=1e-6)
+    assert not torch.allclose(G_changed[0, 1], G[0, 1])
+    assert torch.allclose(G_changed[1, 0], G[1, 0], atol=1e-6)
+    assert torch.isfinite(G).all()
 
 
 def test_transformer_v2_is_registered() -> None:
