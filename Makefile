@@ -37,7 +37,7 @@ demo: $(VENV)/.base
 demo-ner: $(VENV)/.base
 	$(PY) examples/torch_ner/run.py
 
-test: lint types unit properties docs-test
+test: lint types unit properties docs-test spacy-suite
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check torchlayers tests property_tests bench examples
@@ -57,12 +57,12 @@ docs-test: $(VENV)/.dev
 	$(PY) -m pytest -q --markdown-docs -p no:randomly docs README.md -o testpaths=
 
 # spaCy's own tests (the files SPEC E6 names) with a torchlayers encoder in place of its CNN
-# (tests/spacy_suite.py). SPACY_SUITE_ENCODERS: which encoders; CI runs this after make test.
+# (tests/spacy_suite.py), once per encoder (SPACY_SUITE_ENCODERS), as part of `make test`.
 SPACY_SUITE := spacy.tests.parser spacy.tests.pipeline.test_tagger spacy.tests.pipeline.test_textcat \
 	spacy.tests.pipeline.test_tok2vec spacy.tests.pipeline.test_senter \
 	spacy.tests.pipeline.test_morphologizer spacy.tests.pipeline.test_models spacy.tests.test_models \
 	spacy.tests.serialize
-SPACY_SUITE_ENCODERS ?= bilstm
+SPACY_SUITE_ENCODERS ?= bilstm transformer
 spacy-suite: $(VENV)/.dev
 	for encoder in $(SPACY_SUITE_ENCODERS); do \
 		TORCHLAYERS_ENCODER=$$encoder OMP_NUM_THREADS=1 $(PY) -m pytest -q -p tests.spacy_suite \
