@@ -1,11 +1,13 @@
-"""P7: torchlayers.TorchBiLSTMEncoder.v1 against Thinc's PyTorchLSTM(nO, nI, bi=True).
+"""P7: torchlayers.TorchBiLSTMEncoder.v1 and .v2 against Thinc's PyTorchLSTM(nO, nI, bi=True).
 
 32 docs of 5-40 tokens, width 96 in and out. A training step is forward, backward from fixed
 dYs, an Adam update; a prediction goes from the list of arrays to the list of arrays.
 PyTorchLSTM does not pack: its backward direction reads the padding, so its outputs depend on
 the batch (tests/test_encoder_comparison.py); ours do not. "torch, packed" is the same
 bidirectional `nn.LSTM` on a `PackedSequence` built once outside the clock, with
-`torch.optim.Adam`: what packing costs in plain torch.
+`torch.optim.Adam`: what packing costs in plain torch. The v2 adds its context norm and
+residual to the same LSTMs, and reads the states around each token (one more concatenation per
+direction).
 """
 
 from typing import Callable, Dict, List, Tuple
@@ -14,7 +16,7 @@ import numpy
 import torch
 from thinc.api import PyTorchLSTM
 
-from torchlayers.spacy.encoders import build_torch_bilstm_encoder
+from torchlayers.spacy.encoders import build_torch_bilstm_encoder, build_torch_bilstm_encoder_v2
 from torchlayers.with_padding import pad
 
 from ._timing import medians, report
@@ -35,9 +37,11 @@ def models(Xs: List[numpy.ndarray]) -> Dict[str, object]:
     torch.manual_seed(0)
     ours = build_torch_bilstm_encoder(WIDTH)
     ours.initialize(X=Xs[:2])
+    ours_v2 = build_torch_bilstm_encoder_v2(WIDTH)
+    ours_v2.initialize(X=Xs[:2])
     anchor = PyTorchLSTM(WIDTH, WIDTH, bi=True)
     anchor.initialize(X=Xs[:2])
-    return {"ours": ours, "PyTorchLSTM": anchor}
+    return {"ours": ours, "ours v2": ours_v2, "PyTorchLSTM": anchor}
 
 
 def training_steps(Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Dict[str, Callable]:
@@ -61,6 +65,7 @@ def training_steps(Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Dict[st
 
     return {
         "ours": thinc_step(made["ours"], Xs, dYs, thinc_adam()),
+        "ours v2": thinc_step(made["ours v2"], Xs, dYs, thinc_adam()),
         "PyTorchLSTM": thinc_step(made["PyTorchLSTM"], Xs, dYs, thinc_adam()),
         "torch, packed": torch_packed,
         "padding": padding(made["ours"], Xs, dYs),
@@ -92,6 +97,8 @@ def main() -> bool:
     # ratios by +-0.05 from run to run.
     step = medians(training_steps(Xs, dYs), rounds=61, number=2)
     ok = report(f"P7 step vs PyTorchLSTM ({label})", step["ours"] / step["PyTorchLSTM"], 1.00)
+    v2 = step["ours v2"] / step["PyTorchLSTM"]
+    ok &= report(f"P7 step vs PyTorchLSTM, the v2 ({label})", v2, 1.00)
     ok &= report("P7 padding + unpadding share of the step", step["padding"] / step["ours"], 0.10)
     print(
         f"   (vs torch on a ready PackedSequence: {step['ours'] / step['torch, packed']:.2f}x; "
@@ -99,6 +106,8 @@ def main() -> bool:
     )
     pred = medians(predictions(Xs), rounds=61, number=3)
     ok &= report(f"P7 predict vs PyTorchLSTM ({label})", pred["ours"] / pred["PyTorchLSTM"], 1.00)
+    v2 = pred["ours v2"] / pred["PyTorchLSTM"]
+    ok &= report(f"P7 predict vs PyTorchLSTM, the v2 ({label})", v2, 1.00)
     return ok
 
 
