@@ -16,7 +16,10 @@ and exits 0). For each held-out type T and seed s (fold s of 5: the rest trains,
    - `spaCy ner, nlp.rehearse`: spaCy's own `ner`, trained the same way, then
      `nlp.resume_training()` and, per batch, `nlp.update` on the T-only examples and
      `nlp.rehearse` on a batch of raw training tweets;
-   - `torch_ner, nlp.rehearse` (with `--torch-rehearse`): the same loop for torch_ner.
+   - `torch_ner, nlp.rehearse` (with `--torch-rehearse`): the same loop for torch_ner;
+   - `control` (with `--systems control`): no new type at all, the same `--new-epochs` on the
+     old types' own examples, as in step 1. How far the old types' F moves when nothing is
+     added: the noise floor a "within 1 point" target sits on.
 
 Same tok2vec (spaCy's default HashEmbedCNN: width 96, depth 4, 2000 rows), batches of 32
 tweets, dropout 0.1, spaCy's default optimizer (Adam 0.001, L2 0.01, grad_clip 1.0, averages)
@@ -162,7 +165,11 @@ def run_one(
     old = types - {new}
     results: Dict[str, Tuple[float, float, float]] = {}
     trained: Dict[str, Tuple[bytes, float]] = {}
-    for factory in ("torch_ner", "ner"):
+    systems = list(args.systems)
+    if args.torch_rehearse and "torch-rehearse" not in systems:
+        systems.append("torch-rehearse")
+    factories = ["torch_ner", "ner"] if "spacy-rehearse" in systems else ["torch_ner"]
+    for factory in factories:
         fix_random_seed(seed)
         nlp = make_nlp(factory, args.transitions)
         examples = make_examples(nlp, train_tw, old)
@@ -173,9 +180,6 @@ def run_one(
             before = scores(nlp, make_examples(nlp, test_tw, types), old, new)[0]
             trained[factory] = (nlp.to_bytes(), before)
         log(f"{new} seed {seed}: {factory} trained, old F {before:.1f}")
-    systems = ["annotated", "plain", "pseudo", "spacy-rehearse"]
-    if args.torch_rehearse:
-        systems.append("torch-rehearse")
     for system in systems:
         factory = "ner" if system == "spacy-rehearse" else "torch_ner"
         data, before = trained[factory]
@@ -185,6 +189,8 @@ def run_one(
         ner = nlp.get_pipe("ner")
         if system == "pseudo":
             examples = pseudo_examples(nlp, train_tw, new)  # before add_label: old types only
+        elif system == "control":
+            examples = make_examples(nlp, train_tw, old)  # step 1's own examples
         else:
             examples = make_examples(nlp, train_tw, {new})
         sgd = optimizer()
@@ -198,7 +204,8 @@ def run_one(
                 picks = rng.randint(0, len(raw), BATCH)
                 nlp.rehearse([raw[j] for j in picks], sgd=sgd)
 
-        ner.add_label(new)
+        if system != "control":
+            ner.add_label(new)
         if system == "annotated":
             ner.annotated_types = [new]
         start = time.perf_counter()
@@ -217,6 +224,7 @@ NAMES = {
     "pseudo": "`torch_ner`, pseudo-rehearsal by hand",
     "spacy-rehearse": "spaCy `ner`, `nlp.rehearse`",
     "torch-rehearse": "`torch_ner`, `nlp.rehearse`",
+    "control": "`torch_ner`, control: no new type, the old types' own examples again",
 }
 
 
@@ -233,6 +241,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--new-epochs", type=int, default=10)
     parser.add_argument("--transitions", action="store_true")
     parser.add_argument("--torch-rehearse", action="store_true")
+    default_systems = ["annotated", "plain", "pseudo", "spacy-rehearse"]
+    parser.add_argument("--systems", nargs="+", default=default_systems, choices=list(NAMES))
     args = parser.parse_args(argv)
     if not args.data.exists():
         print(f"Q3 skipped: no tweets at {args.data} (put WNUT-16's train.conll there, or pass "

@@ -11,9 +11,11 @@ serialization, `copy`, GPU.
 
 - `torchlayers.TorchEncoder.v1`: a torch module of yours (or a factory `(nI, nO) -> Module`).
 - `torchlayers.TorchBiLSTMEncoder.v1`: a bidirectional LSTM (`BiLSTM`), batch-independent.
-- `torchlayers.TorchBiLSTMEncoder.v2`: the same with a normalised residual connection.
+- `torchlayers.TorchBiLSTMEncoder.v2`: the same read around each token, with a normalised
+  residual connection.
 - `torchlayers.TorchTransformerEncoder.v1`: a Transformer encoder (`Transformer`).
-- `torchlayers.TorchTransformerEncoder.v2`: the same with a normalised residual connection.
+- `torchlayers.TorchTransformerEncoder.v2`: the same, then an attention layer that reads each
+  token's context from the other tokens, with a normalised residual connection.
 
 In a config:
 
@@ -92,8 +94,10 @@ def build_torch_bilstm_encoder(
 def build_torch_bilstm_encoder_v2(
     width: int, depth: int = 1, dropout: float = 0.0, mixed_precision: bool = False
 ) -> Encoder:
-    """The v1 encoder with a normalised residual connection, `X + LayerNorm(BiLSTM(X))`, as
-    spaCy's CNN has: from scratch it learns as fast as the CNN (`BiLSTM`'s `residual`)."""
+    """The v1 LSTMs read around each token (the forward state before it, the backward state
+    after it) with a normalised residual connection, `X + LayerNorm(context)`, as spaCy's CNN
+    has: from scratch it learns as fast as the CNN, and an unseen word is read from its
+    neighbours (`BiLSTM`'s `residual`)."""
     return bilstm_encoder(width, depth, dropout, mixed_precision, residual=True)
 
 
@@ -117,8 +121,9 @@ def build_torch_transformer_encoder(
 def build_torch_transformer_encoder_v2(
     width: int, depth: int = 2, heads: int = 4, dropout: float = 0.0, mixed_precision: bool = False
 ) -> Encoder:
-    """The v1 encoder with a normalised residual connection, `X + LayerNorm(layers(X))`, as
-    the v2 BiLSTM (`Transformer`'s `residual`)."""
+    """The v1 layers, then `Around` (each token's context from the other tokens, its position
+    as the query), with the v2 BiLSTM's residual: `X + LayerNorm(around(layers(X)))`
+    (`Transformer`'s `residual`)."""
     return transformer_encoder(width, depth, heads, dropout, mixed_precision, residual=True)
 
 
