@@ -231,6 +231,39 @@ def test_rehearse_pulls_toward_the_copy_resume_training_took(transitions: bool) 
     assert losses["torch_ner"] > 0 and drifted < 0.9 < agreement(), (drifted, agreement())
 
 
+@pytest.mark.parametrize("transitions", [False, True])
+@pytest.mark.parametrize("max_decay", [None, 0.999])
+def test_rehearse_right_after_add_label_on_a_used_optimizer(transitions: bool, max_decay) -> None:
+    """N5 (rehearse), N2: `nlp.rehearse` as the first step after `add_label`, with the
+    optimizer that trained the old shapes (spaCy hands the component a gradient collector,
+    not the optimizer), steps the grown model's weights and keeps their shapes."""
+    fix_random_seed(0)
+    model = {"tok2vec": TOK2VEC, "hidden_width": 32, "transitions": transitions}
+    nlp = make_nlp(transitions, model={**model, "max_decay": max_decay})
+    nlp.initialize(lambda: examples(nlp, TRAIN))
+    optimizer = Adam(0.01)
+    train(nlp, optimizer, TRAIN[:32], epochs=1)
+    nlp.resume_training(sgd=optimizer)
+    ner = nlp.get_pipe("torch_ner")
+    ner.add_label(NEW_LABEL)
+    before = [p.copy() for p in all_params(ner.model)]
+    raw = [Example(nlp.make_doc(t), nlp.make_doc(t)) for t, _ in TRAIN[:32]]
+    losses = nlp.rehearse(raw, sgd=optimizer)
+    after = all_params(ner.model)
+    assert losses["torch_ner"] > 0
+    assert [p.shape for p in after] == [p.shape for p in before]
+    assert any(not numpy.array_equal(a, b) for a, b in zip(after, before))
+
+
+def all_params(model) -> List[numpy.ndarray]:
+    return [
+        to_numpy(node.get_param(name))
+        for node in model.walk()
+        for name in node.param_names
+        if node.has_param(name)
+    ]
+
+
 def test_default_model_has_no_ema_and_max_decay_asks_for_it() -> None:
     """N1, A1: the default TorchNER.v1 keeps no torchlayers EMA (spaCy evaluates with its
     optimizer's averages); max_decay = 0.999, as configs that set it, wraps both children."""
