@@ -30,7 +30,6 @@ Minutes per type and seed on one CPU thread; not part of `make bench`.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -47,29 +46,14 @@ from thinc.api import Adam, Optimizer, fix_random_seed
 
 import torchlayers.spacy.ner  # noqa: F401  registers torch_ner
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wnut16" / "train.conll"
+from ._tweets import DATA, Found, Tweet, micro_f, missing, read_conll
+
 TOK2VEC = {
     "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 96,
     "depth": 4, "embed_size": 2000, "window_size": 1, "maxout_pieces": 3,
     "subword_features": True,
 }  # fmt: skip
 BATCH, DROP, FOLDS = 32, 0.1, 5
-Tweet = Tuple[List[str], List[str]]  # words, BIO tags
-Found = Tuple[int, int, int, str]  # doc, start, end, type
-
-
-def read_conll(path: Path) -> List[Tweet]:
-    tweets, words, tags = [], [], []
-    for line in path.read_text(encoding="utf8").splitlines() + [""]:
-        if not line.strip():
-            if words:
-                tweets.append((words, tags))
-            words, tags = [], []
-            continue
-        word, tag = line.rsplit("\t", 1)
-        words.append(word)
-        tags.append(tag)
-    return tweets
 
 
 def keep_types(tags: Sequence[str], keep: Set[str]) -> List[str]:
@@ -92,11 +76,6 @@ def spans_of(docs: Sequence[Doc], types: Set[str]) -> Set[Found]:
         for e in d.ents
         if e.label_ in types
     }
-
-
-def micro_f(gold: Set[Found], predicted: Set[Found]) -> float:
-    hits = len(gold & predicted)
-    return 200.0 * hits / (len(gold) + len(predicted)) if gold or predicted else 0.0
 
 
 def scores(nlp: Language, test: Sequence[Example], old: Set[str], new: str) -> Tuple[float, float]:
@@ -234,7 +213,7 @@ def log(message: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("WNUT16_TRAIN", DATA)))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--types", nargs="+", default=["company"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=15)
@@ -244,9 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     default_systems = ["annotated", "plain", "pseudo", "spacy-rehearse"]
     parser.add_argument("--systems", nargs="+", default=default_systems, choices=list(NAMES))
     args = parser.parse_args(argv)
-    if not args.data.exists():
-        print(f"Q3 skipped: no tweets at {args.data} (put WNUT-16's train.conll there, or pass "
-              "--data PATH or set WNUT16_TRAIN)")  # fmt: skip
+    if missing(args.data, "Q3"):
         return 0
     torch.set_num_threads(1)
     tweets = read_conll(args.data)

@@ -26,7 +26,6 @@ and 10 epochs on one CPU thread; not part of `make bench`.
 """
 
 import argparse
-import os
 import re
 import statistics
 import sys
@@ -44,18 +43,8 @@ from thinc.api import fix_random_seed
 import torchlayers.spacy.encoders  # noqa: F401  registers the encoders
 import torchlayers.spacy.ner  # noqa: F401  registers torch_ner
 
-from .bench_new_type import (
-    BATCH,
-    DATA,
-    FOLDS,
-    TOK2VEC,
-    Tweet,
-    log,
-    make_examples,
-    optimizer,
-    read_conll,
-    train,
-)
+from ._tweets import DATA, Tweet, missing, read_conll
+from .bench_new_type import BATCH, FOLDS, TOK2VEC, log, make_examples, optimizer, train
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- Q1 table: bench/bench_real_text.py --write -->", "<!-- end of Q1 table -->"
@@ -156,16 +145,14 @@ def write(lines: List[str], command: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("WNUT16_TRAIN", DATA)))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--depth", type=int, default=1, help="the BiLSTM's depth")
     parser.add_argument("--write", action="store_true", help=f"put the table into {DOCS}")
     args = parser.parse_args(argv)
-    if not args.data.exists():
-        print(f"Q1 skipped: no tweets at {args.data} (put WNUT-16's train.conll there, or pass "
-              "--data PATH or set WNUT16_TRAIN)")  # fmt: skip
+    if missing(args.data, "Q1"):
         return 0
     torch.set_num_threads(1)
     tweets = read_conll(args.data)

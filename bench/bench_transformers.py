@@ -49,28 +49,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ._tweets import DATA, micro_f, missing, read_conll
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "wnut16" / "train.conll"
 FOLDS, DROP, WINDOW, STRIDE = 5, 0.1, 128, 96
 SPEEDS = (("train_wps", "training"), ("predict_wps", "prediction"))
-Tweet = Tuple[List[str], List[str]]  # words, BIO tags
-Found = Tuple[int, int, int, str]  # doc, start, end, type
-
-
-def read_conll(path: Path) -> List[Tweet]:
-    tweets, words, tags = [], [], []
-    for line in path.read_text(encoding="utf8").splitlines() + [""]:
-        if not line.strip():
-            if words:
-                tweets.append((words, tags))
-            words, tags = [], []
-            continue
-        word, tag = line.rsplit("\t", 1)
-        words.append(word)
-        tags.append(tag)
-    return tweets
 
 
 def tok2vec(system: str, model_dir: str, frozen: bool, heads_scale: float) -> Dict[str, Any]:
@@ -90,11 +75,6 @@ def tok2vec(system: str, model_dir: str, frozen: bool, heads_scale: float) -> Di
         "tokenizer_config": {"use_fast": True}, "transformer_config": {},
         "mixed_precision": False, "grad_scaler_config": {},
     }  # fmt: skip
-
-
-def micro_f(gold: Set[Found], predicted: Set[Found]) -> float:
-    hits = len(gold & predicted)
-    return 200.0 * hits / (len(gold) + len(predicted)) if gold or predicted else 0.0
 
 
 def worker(args: argparse.Namespace) -> Dict[str, Any]:
@@ -199,7 +179,7 @@ def spread(values: Sequence[float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("WNUT16_TRAIN", DATA)))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--model", default=None, help="a save_pretrained directory")
     parser.add_argument("--st-python", default=None, help="an interpreter with spacy-transformers")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -216,8 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
-    if not args.data.exists():
-        print(f"P12/Q2: skipped, no WNUT-16 tweets: put train.conll at {DATA} or pass --data")
+    if missing(args.data, "P12/Q2"):
         return 0
     args.model = args.model or default_model()
     if args.model is None:
