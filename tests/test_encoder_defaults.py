@@ -151,25 +151,25 @@ def test_bilstm_v2_is_registered() -> None:
     assert node.shims[0].module.residual
 
 
-AROUND = {"around", "norm"}  # the v2 Transformer's own modules
+AROUND = {"around"}  # the v2 Transformer's own module
 
 
 @pytest.mark.parametrize("nI", [WIDTH, 5])
 def test_the_residual_transformer(nI: int) -> None:
-    """E6: the v2 Transformer gives `X + LayerNorm(around(P, layers(X)))` where its input is
-    `width` wide, and no `X +` where not; the norm's gain starts at its CONTEXT_GAIN."""
+    """E6: the v2 Transformer gives `X + around(P, layers(X))` where its input is `width` wide,
+    and no `X +` where not; the context's norm, `Around`'s last, starts at its CONTEXT_GAIN."""
     torch.manual_seed(0)
     module = Transformer(nI, WIDTH, residual=True)
     plain = Transformer(nI, WIDTH)
     kept = {k: v for k, v in module.state_dict().items() if k.split(".")[0] not in AROUND}
     plain.load_state_dict(kept)
     module.eval(), plain.eval()
-    assert (module.norm.weight == TRANSFORMER_GAIN).all()
+    assert (module.around.norm_fed.weight == TRANSFORMER_GAIN).all()
     X = torch.randn(2, 4, nI)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     with torch.no_grad():
         P = positions(4, WIDTH, X.device, X.dtype)
-        context = module.norm(module.around(P, plain(X, mask), ~mask))
+        context = module.around(P, plain(X, mask), ~mask)
         expected = X + context if nI == WIDTH else context
         assert torch.allclose(module(X, mask)[mask], expected[mask], atol=1e-6)
 

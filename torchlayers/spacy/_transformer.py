@@ -25,11 +25,11 @@ class Transformer(torch.nn.Module):
     (`with_padding` drops them). Positions make the order of the tokens matter.
     dropout: the rate of every `nn.Dropout` inside (attention, feed-forward, after the
     positions); `with_torch(torch_dropout=True)` hands them the caller's rate.
-    residual: `Y = X + LayerNorm(around(layers(X)))` where `nI == width`, without the `X +`
-        where not, as the residual `BiLSTM`: the token's own row reaches the layer above at
-        once, and the context, read by `Around` from the other tokens alone, weighs
-        `CONTEXT_GAIN` times it at the start. A word never seen in training then gets its
-        context from its neighbours, not from its own random row (E6).
+    residual: `Y = X + around(layers(X))` where `nI == width`, without the `X +` where not,
+        as the residual `BiLSTM` (`Around` ends in its `context_norm`): the token's own row
+        reaches the layer above at once, and the context, read by `Around` from the other
+        tokens alone, weighs `CONTEXT_GAIN` times it at the start. A word never seen in
+        training then gets its context from its neighbours, not from its own random row (E6).
     """
 
     def __init__(
@@ -56,7 +56,6 @@ class Transformer(torch.nn.Module):
         )
         self.layers = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.around = Around(width, heads, dropout) if residual else None
-        self.norm = context_norm(width, CONTEXT_GAIN) if residual else None
         self.residual = residual and nI == width
 
     def forward(self, X: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -72,9 +71,9 @@ class Transformer(torch.nn.Module):
         # real token in every other doc.
         ignored[:, 0] = False
         Y = self.layers(self.dropout(H), src_key_padding_mask=ignored)
-        if self.around is None or self.norm is None:
+        if self.around is None:
             return Y
-        context = self.norm(self.around(P, Y, ~mask))
+        context = self.around(P, Y, ~mask)
         return X + context if self.residual else context
 
 
@@ -82,7 +81,8 @@ class Around(torch.nn.Module):
     """`around(P, H, ignored) -> G`: each token's context read from the other tokens of its
     doc, never from itself. Its position asks (the query), the other tokens' rows answer (keys
     and values), and a learned null key (`add_bias_kv`) lets a doc of one token read nothing.
-    Then a feed-forward, post-norm, as in `torch.nn.TransformerEncoderLayer`.
+    Then a feed-forward, post-norm, as in `torch.nn.TransformerEncoderLayer`; the last norm is
+    the context's (`context_norm`), its gain starting at `CONTEXT_GAIN`.
 
     P: `(max_len, width)` positions; H: `(batch, max_len, width)`; ignored: `(batch, max_len)`
     bool, True at padding. G: `(batch, max_len, width)`, junk at padded positions.
@@ -101,7 +101,7 @@ class Around(torch.nn.Module):
         )
         self.dropout = torch.nn.Dropout(dropout)
         self.norm_read = torch.nn.LayerNorm(width)
-        self.norm_fed = torch.nn.LayerNorm(width)
+        self.norm_fed = context_norm(width, CONTEXT_GAIN)
 
     def forward(self, P: torch.Tensor, H: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
         batch, max_len, width = H.shape

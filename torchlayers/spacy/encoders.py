@@ -122,8 +122,8 @@ def build_torch_transformer_encoder_v2(
     width: int, depth: int = 2, heads: int = 4, dropout: float = 0.0, mixed_precision: bool = False
 ) -> Encoder:
     """The v1 layers, then `Around` (each token's context from the other tokens, its position
-    as the query), with the v2 BiLSTM's residual: `X + LayerNorm(around(layers(X)))`
-    (`Transformer`'s `residual`)."""
+    as the query, ending in the context norm), with the v2 BiLSTM's residual:
+    `X + around(layers(X))` (`Transformer`'s `residual`)."""
     return transformer_encoder(width, depth, heads, dropout, mixed_precision, residual=True)
 
 
