@@ -9,7 +9,7 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from thinc.api import set_dropout_rate
 
-from torchlayers.spacy._bilstm import CONTEXT_GAIN
+from torchlayers.spacy._bilstm import CONTEXT_GAIN, run_lstm
 from torchlayers.spacy._transformer import CONTEXT_GAIN as TRANSFORMER_GAIN
 from torchlayers.spacy._transformer import Around, positions
 from torchlayers.spacy.encoders import (
@@ -87,6 +87,23 @@ def test_an_odd_width_bilstm() -> None:
     model = build_torch_bilstm_encoder(7)
     model.initialize()
     assert [y.shape for y in model.predict(docs(3, 2, width=7))] == [(3, 7), (2, 7)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_lstm_kernel_called_directly_equals_the_module(training: bool) -> None:
+    """P7, E1: `run_lstm` (the CPU kernel without `nn.LSTM.forward`'s checks) gives the
+    module's outputs and the same gradients for the input and every weight, in both modes."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 3).train(training)
+    X = torch.randn(4, 2, 5, requires_grad=True)
+    dY = torch.randn(4, 2, 3)
+    wrt = [X, *lstm.parameters()]
+    expected = lstm(X)[0]
+    ours = run_lstm(lstm, X)
+    assert_array_equal(ours.detach().numpy(), expected.detach().numpy())
+    gradients = torch.autograd.grad(ours, wrt, dY)
+    for got, want in zip(gradients, torch.autograd.grad(expected, wrt, dY)):
+        assert_array_equal(got.numpy(), want.numpy())
 
 
 @pytest.mark.parametrize("nI", [WIDTH, 5])
