@@ -12,6 +12,7 @@ from thinc.api import Model
 
 from torchlayers.spacy.encoders import (
     build_torch_bilstm_encoder,
+    build_torch_bilstm_encoder_v2,
     build_torch_transformer_encoder,
 )
 
@@ -21,6 +22,7 @@ NI, WIDTH = 4, 6
 RTOL, ATOL = 1e-5, 1e-5  # float32: the batched kernels round differently for other batch sizes
 BUILDERS = {
     "bilstm": lambda: build_torch_bilstm_encoder(WIDTH, depth=2),
+    "bilstm v2": lambda: build_torch_bilstm_encoder_v2(WIDTH, depth=2),
     "transformer": lambda: build_torch_transformer_encoder(WIDTH, depth=1, heads=2),
 }
 MODELS: Dict[str, Model] = {}

@@ -9,7 +9,7 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from thinc.api import set_dropout_rate
 
-from torchlayers.spacy._bilstm import CONTEXT_GAIN, run_lstm
+from torchlayers.spacy._bilstm import CONTEXT_GAIN, AroundStates, Flips, run_lstm
 from torchlayers.spacy._transformer import CONTEXT_GAIN as TRANSFORMER_GAIN
 from torchlayers.spacy._transformer import Around, positions
 from torchlayers.spacy.encoders import (
@@ -139,6 +139,39 @@ def test_the_context_around_a_token_is_its_neighbours_states() -> None:
         backward = torch.cat([states[doc, 1:length, ahead:], zeros])
         assert_array_equal(around[doc, :length, :ahead].numpy(), forward.numpy())
         assert_array_equal(around[doc, :length, ahead:].numpy(), backward.numpy())
+
+
+@pytest.mark.parametrize("lengths", [[4, 2, 0], [1], [3, 3]])
+def test_the_states_around_each_token_have_exact_gradients(lengths: List[int]) -> None:
+    """E1, P7: `Around`'s own backward pass (a gather, each state taken at most once) equals
+    the numerical gradient, padding and empty docs included, with an odd width's halves."""
+    max_len = max(lengths)
+    mask = torch.tensor([[t < n for t in range(max_len)] for n in lengths])
+    flips = Flips(mask, around=True)
+    shape = (max_len, len(lengths))
+    ahead = torch.randn(*shape, 3, dtype=torch.float64, requires_grad=True)
+    back = torch.randn(*shape, 2, dtype=torch.float64, requires_grad=True)
+    around = lambda a, b: AroundStates.apply(a, b, flips.around)  # noqa: E731
+    assert torch.autograd.gradcheck(around, (ahead, back))
+
+
+def test_the_flips_are_the_same_in_numpy_and_torch() -> None:
+    """E1, W8: the rows the BiLSTM gathers (`Flips`, `AroundStates`' included), computed with
+    torch's ops (as for a CUDA mask) and with numpy's (a CPU one), are the same."""
+    mask = torch.tensor([[t < n for t in range(5)] for n in [4, 2, 0, 5]])
+    by_numpy, by_torch = Flips(mask, around=True), Flips(mask, around=True, xp=torch)
+    for name in ["x_to_tb", "tb_to_bt", "tb", "around"]:
+        ours, theirs = getattr(by_numpy, name), getattr(by_torch, name)
+        assert len(tensors(ours)) == len(tensors(theirs)) > 0
+        for got, want in zip(tensors(ours), tensors(theirs)):
+            assert_array_equal(got.numpy(), want.numpy())
+
+
+def tensors(value) -> List[torch.Tensor]:
+    """The tensors in nested tuples, in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [tensor for item in value for tensor in tensors(item)]
 
 
 def test_a_tokens_context_does_not_read_the_token() -> None:

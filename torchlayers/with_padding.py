@@ -46,7 +46,8 @@ def forward(
     model: Model[List[Floats2d], List[Floats2d]], Xs: List[Floats2d], is_train: bool
 ) -> Tuple[List[Floats2d], Callable]:
     layer: Model[PaddedBatch, Floats3d] = model.layers[0]
-    lengths = [check_doc(model, i, x) for i, x in enumerate(Xs)]
+    nI = model.maybe_get_dim("nI")  # once, not per doc: Thinc's lookup shows on a prediction
+    lengths = [check_doc(model, nI, i, x) for i, x in enumerate(Xs)]
     nO = model.get_dim("nO")
     if not any(lengths):  # nothing to run: (0, nO) per doc, and (0, nI) gradients back
         widths = [x.shape[1] for x in Xs]
@@ -93,7 +94,8 @@ def init(
             layer.set_dim(name, value)
     sample = None
     if X and any(len(x) for x in X):
-        lengths = [check_doc(model, i, x) for i, x in enumerate(X)]
+        nI = model.maybe_get_dim("nI")
+        lengths = [check_doc(model, nI, i, x) for i, x in enumerate(X)]
         sample = pad(model, X, lengths)
     layer.initialize(X=ArgsKwargs(args=sample, kwargs={}) if sample is not None else None)
     for name in ("nI", "nO"):
@@ -117,9 +119,8 @@ def pad(model: Model, Xs: List[Floats2d], lengths: List[int]) -> Tuple[Floats3d,
     return X, mask
 
 
-def check_doc(model: Model, i: int, x: Any) -> int:
+def check_doc(model: Model, nI: Optional[int], i: int, x: Any) -> int:
     """A doc's array: 2d, `nI` wide (once nI is known), float. Returns its number of rows."""
-    nI = model.maybe_get_dim("nI")
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) != 2 or (nI is not None and shape[1] != nI):
         expected = f"(n, {nI})" if nI is not None else "(n, nI)"
