@@ -6,8 +6,8 @@ PyTorchLSTM does not pack: its backward direction reads the padding, so its outp
 the batch (tests/test_encoder_comparison.py); ours do not. "torch, packed" is the same
 bidirectional `nn.LSTM` on a `PackedSequence` built once outside the clock, with
 `torch.optim.Adam`: what packing costs in plain torch. The v2 adds its context norm and
-residual to the same LSTMs, and reads the states around each token (one more concatenation per
-direction).
+residual to the same LSTMs, and reads the states around each token (assembled in one autograd
+node, `AroundStates`).
 """
 
 from typing import Callable, Dict, List, Tuple
