@@ -71,14 +71,14 @@ def bilstm_tok2vec(depth: int) -> Dict[str, Any]:
     return {"@architectures": "spacy.Tok2Vec.v2", "embed": embed, "encode": encode}
 
 
-def make_nlp(system: str, depth: int) -> Language:
+def make_nlp(system: str, depth: int, hidden_width: int = 64) -> Language:
     head, encoder = system.split("-")
     tok2vec = TOK2VEC if encoder == "cnn" else bilstm_tok2vec(depth)
     nlp = spacy.blank("en")
     if head == "ner":
         nlp.add_pipe("ner", config={"model": {"tok2vec": tok2vec}})
     else:
-        model = {"tok2vec": tok2vec, "transitions": head == "crf"}
+        model = {"tok2vec": tok2vec, "transitions": head == "crf", "hidden_width": hidden_width}
         nlp.add_pipe("torch_ner", name="ner", config={"model": model})
     return nlp
 
@@ -87,7 +87,7 @@ def run_one(system: str, folds: Tuple[List[Tweet], List[Tweet]], seed: int, args
     train_tw, test_tw = folds
     types = {tag[2:] for _, tags in train_tw + test_tw for tag in tags if tag != "O"}
     fix_random_seed(seed)
-    nlp = make_nlp(system, args.depth)
+    nlp = make_nlp(system, args.depth, args.hidden_width)
     examples = make_examples(nlp, train_tw, types)
     test = make_examples(nlp, test_tw, types)
     nlp.initialize(lambda: examples)
@@ -118,20 +118,48 @@ def spread(values: Sequence[float]) -> str:
 
 def table(results: Dict[str, Dict[int, Result]], seeds: Sequence[int]) -> List[str]:
     lines = [
-        "| system | entity F, final | best epoch | per seed (final) | train words/s vs CNN `ner` |",
-        "| --- | --- | --- | --- | --- |",
+        "| system | entity F, final | best epoch | per seed (final) | vs CNN `ner`, paired "
+        "(seeds at or above) | train words/s vs CNN `ner` |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     base = results.get("ner-cnn", {})
     for system, rows in results.items():
         final = [rows[s][0] for s in seeds if s in rows]
         best = [rows[s][1] for s in seeds if s in rows]
+        paired = [rows[s][0] - base[s][0] for s in seeds if s in rows and s in base]
         ratios = [rows[s][2] / base[s][2] for s in seeds if s in rows and s in base]
+        versus = "-"
+        if paired and system != "ner-cnn":
+            above = sum(d >= 0 for d in paired)
+            versus = f"{statistics.mean(paired):+.1f} ({above} of {len(paired)})"
         ratio = f"{statistics.mean(ratios):.2f}x" if ratios else "-"
         per_seed = " / ".join(f"{f:.1f}" for f in final)
         lines.append(
-            f"| {SYSTEMS[system]} | {spread(final)} | {spread(best)} | {per_seed} | {ratio} |"
+            f"| {SYSTEMS[system]} | {spread(final)} | {spread(best)} | {per_seed} | {versus} "
+            f"| {ratio} |"
         )
     return lines
+
+
+# What main prints per run: "seed 3 ner-cnn: final F 39.5, best 40.4, 5771 train words/s".
+RUN_LINE = re.compile(r"^seed (\d+) (\S+): final F ([\d.]+), best ([\d.]+), (\d+) train words/s")
+
+
+def from_logs(paths: Sequence[Path]) -> Dict[str, Dict[int, Result]]:
+    """The runs printed into these logs (several processes' runs of the same settings, merged;
+    a system and seed met twice keeps the later)."""
+    results: Dict[str, Dict[int, Result]] = {system: {} for system in SYSTEMS}
+    for path in paths:
+        for line in path.read_text(encoding="utf8").splitlines():
+            found = RUN_LINE.match(line)
+            if found and found.group(2) in SYSTEMS:
+                seed, system = int(found.group(1)), found.group(2)
+                results[system][seed] = (
+                    float(found.group(3)),
+                    float(found.group(4)),
+                    float(found.group(5)),
+                )
+    return {system: rows for system, rows in results.items() if rows}
 
 
 def write(lines: List[str], command: str) -> None:
@@ -150,14 +178,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--depth", type=int, default=1, help="the BiLSTM's depth")
+    parser.add_argument("--hidden-width", type=int, default=64, help="torch_ner's hidden_width")
     parser.add_argument("--write", action="store_true", help=f"put the table into {DOCS}")
+    parser.add_argument(
+        "--from-logs", nargs="+", type=Path, help="no training: the table of runs printed in logs"
+    )
     args = parser.parse_args(argv)
+    command = "python -m bench.bench_real_text " + " ".join(argv or sys.argv[1:])
+    if args.from_logs:
+        logged = from_logs(args.from_logs)
+        seeds = sorted({seed for rows in logged.values() for seed in rows})
+        lines = table(logged, seeds)
+        print("\n".join(lines))
+        if args.write:
+            write(lines, command)
+        return 0
     if missing(args.data, "Q1"):
         return 0
     torch.set_num_threads(1)
     tweets = read_conll(args.data)
     folds = numpy.random.RandomState(0).permutation(len(tweets)) % FOLDS
-    command = "python -m bench.bench_real_text " + " ".join(argv or sys.argv[1:])
     print(f"Q1 on {len(tweets)} tweets from {args.data}; {vars(args)}")
     results: Dict[str, Dict[int, Result]] = {system: {} for system in args.systems}
     for seed in args.seeds:
