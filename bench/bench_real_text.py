@@ -75,8 +75,9 @@ def make_nlp(system: str, depth: int, hidden_width: int = 64) -> Language:
     head, encoder = system.split("-")
     tok2vec = TOK2VEC if encoder == "cnn" else bilstm_tok2vec(depth)
     nlp = spacy.blank("en")
-    if head == "ner":
-        nlp.add_pipe("ner", config={"model": {"tok2vec": tok2vec}})
+    if head == "ner":  # spaCy's parser model: its hidden_width is 64 by default too
+        model = {"tok2vec": tok2vec, "hidden_width": hidden_width}
+        nlp.add_pipe("ner", config={"model": model})
     else:
         model = {"tok2vec": tok2vec, "transitions": head == "crf", "hidden_width": hidden_width}
         nlp.add_pipe("torch_ner", name="ner", config={"model": model})
@@ -178,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--depth", type=int, default=1, help="the BiLSTM's depth")
-    parser.add_argument("--hidden-width", type=int, default=64, help="torch_ner's hidden_width")
+    parser.add_argument("--hidden-width", type=int, default=64, help="the ner head's hidden_width (spaCy's and torch_ner's)")
     parser.add_argument("--write", action="store_true", help=f"put the table into {DOCS}")
     parser.add_argument(
         "--from-logs", nargs="+", type=Path, help="no training: the table of runs printed in logs"

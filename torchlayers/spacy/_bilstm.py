@@ -113,9 +113,9 @@ def run_lstm(lstm: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
 
 def states_around(ahead: torch.Tensor, back: torch.Tensor, flips: "Flips") -> torch.Tensor:
     """`(batch, max_len, width)`: at each token the forward state of the token before it and
-    the backward state of the token after it, zeros at a doc's ends. One autograd node whose
-    backward pass is two copies: shifting each direction (`cat`) and then gathering cost
-    several more copies, zero fills and nodes (P7)."""
+    the backward state of the token after it, zeros at a doc's ends. One autograd node and
+    two copies each way, where shifting each direction with `cat` and then gathering took
+    five copies, zero fills and six nodes (P7)."""
     if flips.around is None:
         raise ValueError("states_around: Flips(around=True) has the rows it needs")
     if flips.around[1] is None:  # a prediction
