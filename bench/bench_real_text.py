@@ -179,7 +179,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--depth", type=int, default=1, help="the BiLSTM's depth")
-    parser.add_argument("--hidden-width", type=int, default=64, help="the ner head's hidden_width (spaCy's and torch_ner's)")
+    parser.add_argument(
+        "--hidden-width", type=int, default=64, help="the ner head's (spaCy's or torch_ner's)"
+    )
     parser.add_argument("--write", action="store_true", help=f"put the table into {DOCS}")
     parser.add_argument(
         "--from-logs", nargs="+", type=Path, help="no training: the table of runs printed in logs"
