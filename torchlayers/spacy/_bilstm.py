@@ -184,8 +184,10 @@ class Flips:
         (t, b) <- (b, rev(t, b)). Inverse: tb_to_bt.
     tb_to_bt: time-major rows (T, B) to (B, T), each doc reversed back: (b, t) <- (rev(t, b), b).
     tb: time-major rows (T, B), each doc reversed: (t, b) <- (rev(t, b), b). Its own inverse.
+    around: also `AroundStates`' rows (`around_rows`), for the v2's states around each token.
     Computed with numpy for a CPU mask: about half what the same arithmetic costs in torch's
-    small ops (on a 5 ms prediction, it shows).
+    small ops (on a 5 ms prediction, it shows); with torch's for a CUDA one (`xp` overrides,
+    so a CPU test can check the two agree).
     """
 
     def __init__(
