@@ -46,8 +46,7 @@ def forward(
     model: Model[List[Floats2d], List[Floats2d]], Xs: List[Floats2d], is_train: bool
 ) -> Tuple[List[Floats2d], Callable]:
     layer: Model[PaddedBatch, Floats3d] = model.layers[0]
-    nI = model.maybe_get_dim("nI")  # once, not per doc: Thinc's lookup shows on a prediction
-    lengths = [check_doc(model, nI, i, x) for i, x in enumerate(Xs)]
+    lengths = check_docs(model, Xs)
     nO = model.get_dim("nO")
     if not any(lengths):  # nothing to run: (0, nO) per doc, and (0, nI) gradients back
         widths = [x.shape[1] for x in Xs]
@@ -94,8 +93,7 @@ def init(
             layer.set_dim(name, value)
     sample = None
     if X and any(len(x) for x in X):
-        nI = model.maybe_get_dim("nI")
-        lengths = [check_doc(model, nI, i, x) for i, x in enumerate(X)]
+        lengths = check_docs(model, X)
         sample = pad(model, X, lengths)
     layer.initialize(X=ArgsKwargs(args=sample, kwargs={}) if sample is not None else None)
     for name in ("nI", "nO"):
@@ -117,6 +115,13 @@ def pad(model: Model, Xs: List[Floats2d], lengths: List[int]) -> Tuple[Floats3d,
         X[i, :n] = x
     mask = xp.arange(max(lengths))[None, :] < xp.asarray(lengths)[:, None]
     return X, mask
+
+
+def check_docs(model: Model, Xs: List[Any]) -> List[int]:
+    """Each doc's number of rows, checked (`check_doc`); nI is read once, not per doc:
+    Thinc's lookup shows on a prediction."""
+    nI = model.maybe_get_dim("nI")
+    return [check_doc(model, nI, i, x) for i, x in enumerate(Xs)]
 
 
 def check_doc(model: Model, nI: Optional[int], i: int, x: Any) -> int:

@@ -210,21 +210,20 @@ class Flips:
         self.around = None
         if around:
             last = xp.where(lengths > 0, lengths - 1, 0)  # each doc's last token (0 if empty)
-            self.around = around_rows(self, flat(docs * max_len + last), batch, inverse)
+            self.around = around_rows(self, flat(docs * max_len + last), inverse)
 
 
 # (rows to take, rows of the result to zero)
 Rows = Tuple[torch.Tensor, torch.Tensor]
 
 
-def around_rows(
-    flips: "Flips", last: torch.Tensor, batch: int, inverse: bool
-) -> Tuple[Rows, Optional[Rows]]:
+def around_rows(flips: "Flips", last: torch.Tensor, inverse: bool) -> Tuple[Rows, Optional[Rows]]:
     """`AroundStates`' rows, from the flips': (back's row for each token in (B, T) order, the
     tokens whose row is zeros: each doc's `last`), and for the backward pass (the token each
     back row went to, the back rows that went nowhere: the last step's); None for a
-    prediction. The row one step earlier in a reversed doc is `batch` rows before."""
-    to_bt, from_x = flips.tb_to_bt[0], flips.x_to_tb[0]
+    prediction. The row one step earlier in a reversed doc is `batch` rows before (`last`
+    has one row per doc)."""
+    to_bt, from_x, batch = flips.tb_to_bt[0], flips.x_to_tb[0], len(last)
     taken = ((to_bt - batch).clamp_(min=0), last)
     if not inverse:
         return taken, None
