@@ -39,13 +39,7 @@ ENCODERS: Dict[str, Callable[[int], Encoder]] = {
 # report counts them, and one that starts to pass fails the run until it is taken off the list.
 KNOWN_FAILURES: Dict[str, Dict[str, str]] = {
     "bilstm": {},
-    "transformer": {
-        "spacy/tests/pipeline/test_tok2vec.py::test_tok2vec_frozen_overfitting": (
-            "a tagger on the frozen, untrained Transformer v2 ends 100 updates at a loss of "
-            "about 5e-4, over the test's 1e-4: the random context is too alike from token to "
-            "token (docs/encoders.md)"
-        ),
-    },
+    "transformer": {},
 }
 
 

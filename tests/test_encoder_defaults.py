@@ -11,7 +11,7 @@ from thinc.api import set_dropout_rate
 
 from torchlayers.spacy._bilstm import CONTEXT_GAIN, AroundStates, Flips, run_lstm
 from torchlayers.spacy._transformer import CONTEXT_GAIN as TRANSFORMER_GAIN
-from torchlayers.spacy._transformer import Around, positions
+from torchlayers.spacy._transformer import NEAR_BIAS, Around, positions, side_bias
 from torchlayers.spacy.encoders import (
     BiLSTM,
     Transformer,
@@ -206,22 +206,50 @@ AROUND = {"around"}  # the v2 Transformer's own module
 
 @pytest.mark.parametrize("nI", [WIDTH, 5])
 def test_the_residual_transformer(nI: int) -> None:
-    """E6: the v2 Transformer gives `X + around(P, layers(X))` where its input is `width` wide,
-    and no `X +` where not; the context's norm, `Around`'s last, starts at its CONTEXT_GAIN."""
+    """E6: the v2 Transformer gives `X + around(P, layers(project(X)))` where its input is
+    `width` wide, and no `X +` where not: its layers take no positions (the v1's do); the
+    context's norm, `Around`'s last, starts at its CONTEXT_GAIN."""
     torch.manual_seed(0)
-    module = Transformer(nI, WIDTH, residual=True)
-    plain = Transformer(nI, WIDTH)
-    kept = {k: v for k, v in module.state_dict().items() if k.split(".")[0] not in AROUND}
-    plain.load_state_dict(kept)
-    module.eval(), plain.eval()
+    module = Transformer(nI, WIDTH, residual=True).eval()
     assert (module.around.norm_fed.weight == TRANSFORMER_GAIN).all()
     X = torch.randn(2, 4, nI)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     with torch.no_grad():
         P = positions(4, WIDTH, X.device, X.dtype)
-        context = module.around(P, plain(X, mask), ~mask)
+        layers = module.layers(module.project(X), src_key_padding_mask=~mask)
+        context = module.around(P, layers, ~mask)
         expected = X + context if nI == WIDTH else context
         assert torch.allclose(module(X, mask)[mask], expected[mask], atol=1e-6)
+
+
+def test_around_heads_read_one_side_nearest_first() -> None:
+    """E6: with 3 heads, the first reads only the tokens before each token, the last only
+    those after, the middle both; never the token itself or the padding; each token beyond
+    the nearest on a side starts NEAR_BIAS lower."""
+    ignored = torch.tensor([[False] * 4, [False, False, False, True]])
+    bias = side_bias(3, ignored, torch.float32).reshape(2, 3, 4, 4)
+    t, s = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    sides = {0: s < t, 1: s != t, 2: s > t}
+    for head, readable in sides.items():
+        for doc, length in enumerate([4, 3]):
+            expected = torch.where(
+                readable & (s < length),
+                -NEAR_BIAS * ((s - t).abs() - 1).clamp(min=0).float(),
+                torch.tensor(float("-inf")),
+            )
+            assert torch.equal(bias[doc, head], expected)
+
+
+def test_the_residual_transformer_reads_the_order() -> None:
+    """E6: without positions in its layers, the v2 Transformer still tells a doc from its
+    reverse: a token's context is not the reversed doc's context for that token."""
+    torch.manual_seed(0)
+    module = Transformer(WIDTH, WIDTH, heads=2, residual=True).eval()
+    X = torch.randn(1, 5, WIDTH)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    with torch.no_grad():
+        forward, backward = module(X, mask), module(X.flip(1), mask).flip(1)
+    assert not torch.allclose(forward, backward, atol=1e-3)
 
 
 def test_around_reads_every_token_but_itself() -> None:
