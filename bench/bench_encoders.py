@@ -7,15 +7,17 @@ the batch (tests/test_encoder_comparison.py); ours do not. "torch, packed" is th
 bidirectional `nn.LSTM` on a `PackedSequence` built once outside the clock, with
 `torch.optim.Adam`: what packing costs in plain torch. The v2 adds its context norm and
 residual to the same LSTMs, and reads the states around each token (assembled in one autograd
-node, `AroundStates`).
+node, `AroundStates`). For information, what the v2 module adds to a prediction, piece by piece,
+as shares of the v1 module's prediction on the same padded batch (`v2_pieces`).
 """
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple, cast
 
 import numpy
 import torch
 from thinc.api import PyTorchLSTM
 
+from torchlayers.spacy._bilstm import BiLSTM, Flips, gather_rows, states_around
 from torchlayers.spacy.encoders import build_torch_bilstm_encoder, build_torch_bilstm_encoder_v2
 from torchlayers.with_padding import pad
 
@@ -90,6 +92,49 @@ def predictions(Xs: List[numpy.ndarray]) -> Dict[str, Callable]:
     return {name: (lambda model=model: model.predict(Xs)) for name, model in made.items()}
 
 
+def v2_pieces(Xs: List[numpy.ndarray]) -> Dict[str, Callable]:
+    """The v1 and v2 modules' predictions on the padded batch, and the pieces where they differ:
+    the v2's norm and residual, its `Flips` with the rows around each token against the v1's,
+    and its assembly of those states against the v1's gather and `cat` of the directions."""
+    lengths = torch.tensor([len(x) for x in Xs])
+    X = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in Xs], batch_first=True)
+    batch, max_len, _ = X.shape
+    mask = torch.arange(max_len)[None, :] < lengths[:, None]
+    torch.manual_seed(0)
+    v1, v2 = BiLSTM(WIDTH, WIDTH), BiLSTM(WIDTH, WIDTH, residual=True)
+    norm = cast(torch.nn.LayerNorm, v2.norm)
+    flips = Flips(mask, inverse=False, around=True)
+    ahead, back = torch.randn(max_len, batch, WIDTH // 2), torch.randn(max_len, batch, WIDTH // 2)
+    context = states_around(ahead, back, flips)
+
+    def v1_out() -> object:
+        back_out = gather_rows(back, flips.tb_to_bt, (batch, max_len, -1))
+        return torch.cat([ahead.transpose(0, 1), back_out], 2)
+
+    return {
+        "v1": lambda: v1(X, mask),
+        "v2": lambda: v2(X, mask),
+        "norm": lambda: norm(context),
+        "residual": lambda: context + X,
+        "flips v1": lambda: Flips(mask, inverse=False),
+        "flips v2": lambda: Flips(mask, inverse=False, around=True),
+        "out v1": v1_out,
+        "out v2": lambda: states_around(ahead, back, flips),
+    }
+
+
+def report_v2_pieces(Xs: List[numpy.ndarray]) -> None:
+    with torch.no_grad():
+        took = medians(v2_pieces(Xs), rounds=61, number=3)
+    share = {name: seconds / took["v1"] for name, seconds in took.items()}
+    print(
+        f"   (v2 module's prediction: {share['v2']:.3f}x the v1's; of the v1's, the norm "
+        f"{share['norm']:.3f}x, the residual {share['residual']:.3f}x, Flips "
+        f"{share['flips v2'] - share['flips v1']:+.3f}x, the states' layout "
+        f"{share['out v2'] - share['out v1']:+.3f}x)"
+    )
+
+
 def main() -> bool:
     Xs, dYs = docs_and_grads()
     label = f"{N_DOCS} docs of {SHORTEST}-{LONGEST} tokens, width {WIDTH}"
@@ -108,6 +153,7 @@ def main() -> bool:
     ok &= report(f"P7 predict vs PyTorchLSTM ({label})", pred["ours"] / pred["PyTorchLSTM"], 1.00)
     v2 = pred["ours v2"] / pred["PyTorchLSTM"]
     ok &= report(f"P7 predict vs PyTorchLSTM, the v2 ({label})", v2, 1.00)
+    report_v2_pieces(Xs)
     return ok
 
 
