@@ -25,7 +25,8 @@ training words/s of each system over `ner-cnn`'s in the same seed (evaluation no
 
 Run: `OMP_NUM_THREADS=1 .venv/bin/python -m bench.bench_real_text --epochs 10 --seeds 0 1 2
 --write` (`--write` puts the table into docs/benchmarks.md). About a minute per system, seed
-and 10 epochs on one CPU thread; not part of `make bench`.
+and 10 epochs on one CPU thread; not part of `make bench`. `--train-f N` also logs each epoch's
+F on the first N training tweets, to see how far a system has fit its training folds.
 """
 
 import argparse
@@ -112,8 +113,12 @@ def run_one(system: str, folds: Tuple[List[Tweet], List[Tweet]], seed: int, args
         start = time.perf_counter()
         with nlp.use_params(sgd.averages):
             scores.append(100.0 * (nlp.evaluate(test)["ents_f"] or 0.0))
+            fitted = ""
+            if args.train_f:  # how far the model has fit what it trains on
+                seen = 100.0 * (nlp.evaluate(examples[: args.train_f])["ents_f"] or 0.0)
+                fitted = f", F {seen:.1f} on {args.train_f} training tweets"
         evaluating[0] += time.perf_counter() - start
-        log(f"{system} seed {seed} epoch {len(scores)}: F {scores[-1]:.1f}")
+        log(f"{system} seed {seed} epoch {len(scores)}: F {scores[-1]:.1f}{fitted}")
 
     start = time.perf_counter()
     train(nlp, examples, args.epochs, sgd, seed, evaluate)
@@ -192,6 +197,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--hidden-width", type=int, default=64, help="the ner head's (spaCy's or torch_ner's)"
     )
+    parser.add_argument(
+        "--train-f", type=int, default=0, metavar="N",
+        help="also log each epoch's F on the first N training tweets (not counted in words/s)",
+    )  # fmt: skip
     parser.add_argument("--write", action="store_true", help=f"put the table into {DOCS}")
     parser.add_argument(
         "--from-logs", nargs="+", type=Path, help="no training: the table of runs printed in logs"
