@@ -17,7 +17,7 @@ import numpy
 import torch
 from thinc.api import PyTorchLSTM
 
-from torchlayers.spacy._bilstm import BiLSTM, Flips, gather_rows, states_around
+from torchlayers.spacy._bilstm import BiLSTM, Flips, states_around, states_at
 from torchlayers.spacy.encoders import build_torch_bilstm_encoder, build_torch_bilstm_encoder_v2
 from torchlayers.with_padding import pad
 
@@ -46,13 +46,17 @@ def models(Xs: List[numpy.ndarray]) -> Dict[str, object]:
     return {"ours": ours, "ours v2": ours_v2, "PyTorchLSTM": anchor}
 
 
+def padded(arrays: List[numpy.ndarray]) -> torch.Tensor:
+    """`(batch, max_len, width)`: each array's rows first, zeros after."""
+    return torch.nn.utils.rnn.pad_sequence([torch.from_numpy(a) for a in arrays], batch_first=True)
+
+
 def training_steps(Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Dict[str, Callable]:
     made = models(Xs)
     lstm = torch.nn.LSTM(WIDTH, WIDTH // 2, bidirectional=True, batch_first=True)
     torch_adam = torch.optim.Adam(lstm.parameters(), lr=1e-3)
     lengths = torch.tensor([len(x) for x in Xs])
-    X_pad = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in Xs], batch_first=True)
-    dY_pad = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(d) for d in dYs], batch_first=True)
+    X_pad, dY_pad = padded(Xs), padded(dYs)
 
     def torch_packed() -> object:
         X = X_pad.clone().requires_grad_()
@@ -97,7 +101,7 @@ def v2_pieces(Xs: List[numpy.ndarray]) -> Dict[str, Callable]:
     the v2's norm and residual, its `Flips` with the rows around each token against the v1's,
     and its assembly of those states against the v1's gather and `cat` of the directions."""
     lengths = torch.tensor([len(x) for x in Xs])
-    X = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in Xs], batch_first=True)
+    X = padded(Xs)
     batch, max_len, _ = X.shape
     mask = torch.arange(max_len)[None, :] < lengths[:, None]
     torch.manual_seed(0)
@@ -107,10 +111,6 @@ def v2_pieces(Xs: List[numpy.ndarray]) -> Dict[str, Callable]:
     ahead, back = torch.randn(max_len, batch, WIDTH // 2), torch.randn(max_len, batch, WIDTH // 2)
     context = states_around(ahead, back, flips)
 
-    def v1_out() -> object:
-        back_out = gather_rows(back, flips.tb_to_bt, (batch, max_len, -1))
-        return torch.cat([ahead.transpose(0, 1), back_out], 2)
-
     return {
         "v1": lambda: v1(X, mask),
         "v2": lambda: v2(X, mask),
@@ -118,7 +118,7 @@ def v2_pieces(Xs: List[numpy.ndarray]) -> Dict[str, Callable]:
         "residual": lambda: context + X,
         "flips v1": lambda: Flips(mask, inverse=False),
         "flips v2": lambda: Flips(mask, inverse=False, around=True),
-        "out v1": v1_out,
+        "out v1": lambda: states_at(ahead, back, flips),
         "out v2": lambda: states_around(ahead, back, flips),
     }
 

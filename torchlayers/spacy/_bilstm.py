@@ -88,10 +88,8 @@ class BiLSTM(torch.nn.Module):
                 ahead_in, back_in = self.dropout(ahead_in), self.dropout(back_in)
             ahead, back = run_lstm(fwd, ahead_in), run_lstm(bwd, back_in)
             if depth == last:
-                if around:
-                    return states_around(ahead, back, flips)
-                back_out = gather_rows(back, flips.tb_to_bt, (batch, max_len, -1))
-                return torch.cat([ahead.transpose(0, 1), back_out], 2)
+                states = states_around if around else states_at
+                return states(ahead, back, flips)
             # The next layer reads [ahead, back] of each token: in time order, and reversed.
             ahead_in = torch.cat([ahead, gather_rows(back, flips.tb, (max_len, batch, -1))], 2)
             back_in = torch.cat([gather_rows(ahead, flips.tb, (max_len, batch, -1)), back], 2)
@@ -109,6 +107,14 @@ def run_lstm(lstm: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
     weights: List[torch.Tensor] = [getattr(lstm, name) for name in LSTM_WEIGHTS]
     zeros = X.new_zeros((1, X.shape[1], weights[1].shape[1]))  # weight_hh: (4 h, h)
     return torch.lstm(X, (zeros, zeros), weights, True, 1, 0.0, False, False, False)[0]
+
+
+def states_at(ahead: torch.Tensor, back: torch.Tensor, flips: "Flips") -> torch.Tensor:
+    """`(batch, max_len, width)`: at each token its own states, `[forward, backward]`, from
+    the time-major outputs (the backward one reversed within each doc)."""
+    max_len, batch, _ = ahead.shape
+    back_out = gather_rows(back, flips.tb_to_bt, (batch, max_len, -1))
+    return torch.cat([ahead.transpose(0, 1), back_out], 2)
 
 
 def states_around(ahead: torch.Tensor, back: torch.Tensor, flips: "Flips") -> torch.Tensor:
