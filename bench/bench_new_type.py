@@ -25,8 +25,14 @@ Same tok2vec (spaCy's default HashEmbedCNN: width 96, depth 4, 2000 rows), batch
 tweets, dropout 0.1, spaCy's default optimizer (Adam 0.001, L2 0.01, grad_clip 1.0, averages)
 for every system; one torch thread. Prints one Markdown row per system and seed, then the means.
 
+With `--repeats R`, step 2 runs R times from the same step-1 pipeline, with seeds `s + 1000 r`
+for its batch order and dropout (r = 0 is the run without the option), and a table of each
+fold's mean change follows: how far the old types move on that fold, apart from the luck of
+one fine-tuning run. `--cache DIR` keeps step 1's pipelines and reuses them.
+
 Run: `.venv/bin/python -m bench.bench_new_type --types company --seeds 0 [--transitions]`.
-Minutes per type and seed on one CPU thread; not part of `make bench`.
+Minutes per type and seed on one CPU thread (step 1 about 5, step 2 about 1.5 per system and
+repeat); not part of `make bench`.
 """
 
 import argparse
@@ -133,68 +139,129 @@ def pseudo_examples(nlp: Language, tweets: Sequence[Tweet], new: str) -> List[Ex
     return out
 
 
+Row = Tuple[float, float, float]  # old types' F before, after, the new type's F
+
+
 def run_one(
     tweets: List[Tweet], new: str, seed: int, args: argparse.Namespace
-) -> Dict[str, Tuple[float, float, float]]:
-    """{system: (old F before, old F after, new F)} for one held-out type and seed."""
+) -> Dict[str, List[Row]]:
+    """{system: one row per repeat} for one held-out type and seed. Repeat r fine-tunes the
+    same step-1 pipeline with seed `seed + 1000 * r` (batch order, dropout); r = 0 is `seed`."""
     folds = numpy.random.RandomState(0).permutation(len(tweets)) % FOLDS
     train_tw = [t for t, f in zip(tweets, folds) if f != seed % FOLDS]
     test_tw = [t for t, f in zip(tweets, folds) if f == seed % FOLDS]
-    types = {tag[2:] for _, tags in tweets for tag in tags if tag != "O"}
-    old = types - {new}
-    results: Dict[str, Tuple[float, float, float]] = {}
+    results: Dict[str, List[Row]] = {}
     trained: Dict[str, Tuple[bytes, float]] = {}
     systems = list(args.systems)
     if args.torch_rehearse and "torch-rehearse" not in systems:
         systems.append("torch-rehearse")
     factories = ["torch_ner", "ner"] if "spacy-rehearse" in systems else ["torch_ner"]
     for factory in factories:
-        fix_random_seed(seed)
-        nlp = make_nlp(factory, args.transitions)
-        examples = make_examples(nlp, train_tw, old)
-        nlp.initialize(lambda examples=examples: examples)
-        sgd = optimizer()
-        train(nlp, examples, args.epochs, sgd, seed)
-        with nlp.use_params(sgd.averages):
-            before = scores(nlp, make_examples(nlp, test_tw, types), old, new)[0]
-            trained[factory] = (nlp.to_bytes(), before)
-        log(f"{new} seed {seed}: {factory} trained, old F {before:.1f}")
+        trained[factory] = step_one(factory, (train_tw, test_tw), new, seed, args)
     for system in systems:
         factory = "ner" if system == "spacy-rehearse" else "torch_ner"
-        data, before = trained[factory]
-        fix_random_seed(seed)
-        nlp = make_nlp(factory, args.transitions).from_bytes(data)
-        test = make_examples(nlp, test_tw, types)
-        ner = nlp.get_pipe("ner")
-        if system == "pseudo":
-            examples = pseudo_examples(nlp, train_tw, new)  # before add_label: old types only
-        elif system == "control":
-            examples = make_examples(nlp, train_tw, old)  # step 1's own examples
-        else:
-            examples = make_examples(nlp, train_tw, {new})
-        sgd = optimizer()
-        hook = None
-        if system.endswith("rehearse"):
-            nlp.resume_training(sgd=sgd)
-            raw = [Example(eg.predicted, eg.predicted) for eg in examples]
-            rng = numpy.random.RandomState(seed + 1)
-
-            def hook(step: int, batch: List[Example], raw=raw, rng=rng, nlp=nlp, sgd=sgd) -> None:
-                picks = rng.randint(0, len(raw), BATCH)
-                nlp.rehearse([raw[j] for j in picks], sgd=sgd)
-
-        if system != "control":
-            ner.add_label(new)
-        if system == "annotated":
-            ner.annotated_types = [new]
-        start = time.perf_counter()
-        train(nlp, examples, args.new_epochs, sgd, seed, hook)
-        with nlp.use_params(sgd.averages):
-            after, new_f = scores(nlp, test, old, new)
-        results[system] = (before, after, new_f)
-        log(f"{new} seed {seed}: {system}: old {before:.1f} -> {after:.1f}, {new} {new_f:.1f} "
-            f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+        for r in range(args.repeats):
+            start = time.perf_counter()
+            row = fine_tune(
+                system, trained[factory], (train_tw, test_tw), new, seed + 1000 * r, args
+            )
+            results.setdefault(system, []).append(row)
+            log(f"{new} seed {seed}.{r}: {system}: old {row[0]:.1f} -> {row[1]:.1f}, "
+                f"{new} {row[2]:.1f} ({time.perf_counter() - start:.0f} s)")  # fmt: skip
     return results
+
+
+def type_sets(tweets: Sequence[Tweet], new: str) -> Tuple[Set[str], Set[str]]:
+    """Every entity type in the tweets, and every type but `new` (the old ones)."""
+    types = {tag[2:] for _, tags in tweets for tag in tags if tag != "O"}
+    return types, types - {new}
+
+
+def step_one(
+    factory: str,
+    split: Tuple[List[Tweet], List[Tweet]],
+    new: str,
+    seed: int,
+    args: argparse.Namespace,
+) -> Tuple[bytes, float]:
+    """Step 1: the pipeline trained on every type but `new`, saved with the optimizer's
+    averages, and its old types' F; from `--cache` when it holds it."""
+    train_tw, test_tw = split
+    types, old = type_sets(train_tw + test_tw, new)
+    cached = cache_path(args, factory, new, seed)
+    fix_random_seed(seed)
+    if cached is not None and cached.exists():
+        data = cached.read_bytes()
+        nlp = make_nlp(factory, args.transitions).from_bytes(data)
+        before = scores(nlp, make_examples(nlp, test_tw, types), old, new)[0]
+        log(f"{new} seed {seed}: {factory} from {cached}, old F {before:.1f}")
+        return data, before
+    nlp = make_nlp(factory, args.transitions)
+    examples = make_examples(nlp, train_tw, old)
+    nlp.initialize(lambda: examples)
+    sgd = optimizer()
+    train(nlp, examples, args.epochs, sgd, seed)
+    with nlp.use_params(sgd.averages):
+        before = scores(nlp, make_examples(nlp, test_tw, types), old, new)[0]
+        data = nlp.to_bytes()
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(data)
+    log(f"{new} seed {seed}: {factory} trained, old F {before:.1f}")
+    return data, before
+
+
+def fine_tune(
+    system: str,
+    trained: Tuple[bytes, float],
+    split: Tuple[List[Tweet], List[Tweet]],
+    new: str,
+    tune: int,
+    args: argparse.Namespace,
+) -> Row:
+    """Step 2 for one system: from step 1's pipeline and its old F, add `new` (or, the control,
+    add nothing) and train `--new-epochs` epochs with seed `tune`; measure again."""
+    data, before = trained
+    train_tw, test_tw = split
+    types, old = type_sets(train_tw + test_tw, new)
+    factory = "ner" if system == "spacy-rehearse" else "torch_ner"
+    fix_random_seed(tune)
+    nlp = make_nlp(factory, args.transitions).from_bytes(data)
+    ner = nlp.get_pipe("ner")
+    if system == "pseudo":
+        examples = pseudo_examples(nlp, train_tw, new)  # before add_label: old types only
+    elif system == "control":
+        examples = make_examples(nlp, train_tw, old)  # step 1's own examples
+    else:
+        examples = make_examples(nlp, train_tw, {new})
+    sgd = optimizer()
+    hook = None
+    if system.endswith("rehearse"):
+        nlp.resume_training(sgd=sgd)
+        raw = [Example(eg.predicted, eg.predicted) for eg in examples]
+        rng = numpy.random.RandomState(tune + 1)
+
+        def hook(step: int, batch: List[Example]) -> None:
+            picks = rng.randint(0, len(raw), BATCH)
+            nlp.rehearse([raw[j] for j in picks], sgd=sgd)
+
+    if system != "control":
+        ner.add_label(new)
+    if system == "annotated":
+        ner.annotated_types = [new]
+    train(nlp, examples, args.new_epochs, sgd, tune, hook)
+    with nlp.use_params(sgd.averages):
+        after, new_f = scores(nlp, make_examples(nlp, test_tw, types), old, new)
+    return before, after, new_f
+
+
+def cache_path(args: argparse.Namespace, factory: str, new: str, seed: int) -> Optional[Path]:
+    """Where `--cache` keeps step 1's trained pipeline (the same for every system: trained
+    from the same seed, it is the same to the byte), or None without `--cache`."""
+    if args.cache is None:
+        return None
+    crf = "-crf" if args.transitions and factory == "torch_ner" else ""
+    return args.cache / f"{factory}{crf}-{new}-seed{seed}-epochs{args.epochs}.spacy"
 
 
 NAMES = {
@@ -211,6 +278,20 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def print_fold_means(folds: Dict[Tuple[str, str, int], List[Row]]) -> None:
+    """One row per held-out type, system and seed: the mean change of the old types' F over
+    the repeats, its spread, and the new type's mean F."""
+    print("\nMeans over the repeats of each seed (fold)")
+    print("| held-out type | seed | system | old F before | change, mean (min to max) | new F |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (new, system, seed), rows in folds.items():
+        changes = [after - before for before, after, _ in rows]
+        new_f = statistics.mean(r[2] for r in rows)
+        print(f"| {new} | {seed} | {NAMES[system]} | {rows[0][0]:.1f} | "
+              f"{statistics.mean(changes):+.1f} ({min(changes):+.1f} to {max(changes):+.1f}) | "
+              f"{new_f:.1f} |")  # fmt: skip
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -220,6 +301,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--new-epochs", type=int, default=10)
     parser.add_argument("--transitions", action="store_true")
     parser.add_argument("--torch-rehearse", action="store_true")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="fine-tune each step-1 pipeline this many times"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="a folder to keep and reuse step 1's pipelines (empty it when the code changes)",
+    )
     default_systems = ["annotated", "plain", "pseudo", "spacy-rehearse"]
     parser.add_argument("--systems", nargs="+", default=default_systems, choices=list(NAMES))
     args = parser.parse_args(argv)
@@ -230,14 +320,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"Q3 on {len(tweets)} tweets from {args.data}; {vars(args)}")
     print("| held-out type | seed | system | old types F before | after | new type F |")
     print("| --- | --- | --- | --- | --- | --- |")
-    table: Dict[Tuple[str, str], List[Tuple[float, float, float]]] = {}
+    table: Dict[Tuple[str, str], List[Row]] = {}
+    folds: Dict[Tuple[str, str, int], List[Row]] = {}
     for new in args.types:
         for seed in args.seeds:
-            for system, row in run_one(tweets, new, seed, args).items():
-                table.setdefault((new, system), []).append(row)
-                print(f"| {new} | {seed} | {NAMES[system]} | {row[0]:.1f} | {row[1]:.1f} | "
-                      f"{row[2]:.1f} |", flush=True)  # fmt: skip
-    print("\nMeans over seeds (spread: min-max of old F after)")
+            for system, rows in run_one(tweets, new, seed, args).items():
+                table.setdefault((new, system), []).extend(rows)
+                folds[(new, system, seed)] = rows
+                for r, row in enumerate(rows):
+                    print(f"| {new} | {seed}.{r} | {NAMES[system]} | {row[0]:.1f} | "
+                          f"{row[1]:.1f} | {row[2]:.1f} |", flush=True)  # fmt: skip
+    if args.repeats > 1:
+        print_fold_means(folds)
+    print("\nMeans over every run (spread: min-max of old F after)")
     print("| held-out type | system | old types F before | after | change | new type F |")
     print("| --- | --- | --- | --- | --- | --- |")
     for (new, system), rows in table.items():
