@@ -155,11 +155,10 @@ def run_one(
     systems = list(args.systems)
     if args.torch_rehearse and "torch-rehearse" not in systems:
         systems.append("torch-rehearse")
-    factories = ["torch_ner", "ner"] if "spacy-rehearse" in systems else ["torch_ner"]
-    for factory in factories:
+    for factory in {factory_of(system) for system in systems}:
         trained[factory] = step_one(factory, (train_tw, test_tw), new, seed, args)
     for system in systems:
-        factory = "ner" if system == "spacy-rehearse" else "torch_ner"
+        factory = factory_of(system)
         for r in range(args.repeats):
             start = time.perf_counter()
             row = fine_tune(
@@ -169,6 +168,11 @@ def run_one(
             log(f"{new} seed {seed}.{r}: {system}: old {row[0]:.1f} -> {row[1]:.1f}, "
                 f"{new} {row[2]:.1f} ({time.perf_counter() - start:.0f} s)")  # fmt: skip
     return results
+
+
+def factory_of(system: str) -> str:
+    """The component a system trains: spaCy's `ner` for its own baseline, else `torch_ner`."""
+    return "ner" if system == "spacy-rehearse" else "torch_ner"
 
 
 def type_sets(tweets: Sequence[Tweet], new: str) -> Tuple[Set[str], Set[str]]:
@@ -224,7 +228,7 @@ def fine_tune(
     data, before = trained
     train_tw, test_tw = split
     types, old = type_sets(train_tw + test_tw, new)
-    factory = "ner" if system == "spacy-rehearse" else "torch_ner"
+    factory = factory_of(system)
     fix_random_seed(tune)
     nlp = make_nlp(factory, args.transitions).from_bytes(data)
     ner = nlp.get_pipe("ner")
