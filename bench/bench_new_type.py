@@ -155,7 +155,7 @@ def run_one(
     systems = list(args.systems)
     if args.torch_rehearse and "torch-rehearse" not in systems:
         systems.append("torch-rehearse")
-    for factory in {factory_of(system) for system in systems}:
+    for factory in sorted({factory_of(system) for system in systems}):
         trained[factory] = step_one(factory, (train_tw, test_tw), new, seed, args)
     for system in systems:
         factory = factory_of(system)
@@ -324,12 +324,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"Q3 on {len(tweets)} tweets from {args.data}; {vars(args)}")
     print("| held-out type | seed | system | old types F before | after | new type F |")
     print("| --- | --- | --- | --- | --- | --- |")
-    table: Dict[Tuple[str, str], List[Row]] = {}
     folds: Dict[Tuple[str, str, int], List[Row]] = {}
     for new in args.types:
         for seed in args.seeds:
             for system, rows in run_one(tweets, new, seed, args).items():
-                table.setdefault((new, system), []).extend(rows)
                 folds[(new, system, seed)] = rows
                 for r, row in enumerate(rows):
                     print(f"| {new} | {seed}.{r} | {NAMES[system]} | {row[0]:.1f} | "
@@ -339,6 +337,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\nMeans over every run (spread: min-max of old F after)")
     print("| held-out type | system | old types F before | after | change | new type F |")
     print("| --- | --- | --- | --- | --- | --- |")
+    table: Dict[Tuple[str, str], List[Row]] = {}  # every run of a type and system
+    for (new, system, _), rows in folds.items():
+        table.setdefault((new, system), []).extend(rows)
     for (new, system), rows in table.items():
         b, a, n = (statistics.mean(r[k] for r in rows) for k in range(3))
         spread = f"{min(r[1] for r in rows):.1f}-{max(r[1] for r in rows):.1f}"
