@@ -28,7 +28,10 @@ for every system; one torch thread. Prints one Markdown row per system and seed,
 With `--repeats R`, step 2 runs R times from the same step-1 pipeline, with seeds `s + 1000 r`
 for its batch order and dropout (r = 0 is the run without the option), and a table of each
 fold's mean change follows: how far the old types move on that fold, apart from the luck of
-one fine-tuning run. `--cache DIR` keeps step 1's pipelines and reuses them.
+one fine-tuning run. `--cache DIR` keeps step 1's pipelines and reuses them. Seeds s and
+s + 5 test on the same fold from other step-1 trainings; with more than one seed per fold, a
+table of each fold's mean over its seeds (and repeats) follows: how far the old types move
+on that fold, apart from the luck of one step-1 training too.
 
 Run: `.venv/bin/python -m bench.bench_new_type --types company --seeds 0 [--transitions]`.
 Minutes per type and seed on one CPU thread (step 1 about 5, step 2 about 1.5 per system and
@@ -282,18 +285,26 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def print_fold_means(folds: Dict[Tuple[str, str, int], List[Row]]) -> None:
-    """One row per held-out type, system and seed: the mean change of the old types' F over
-    the repeats, its spread, and the new type's mean F."""
-    print("\nMeans over the repeats of each seed (fold)")
-    print("| held-out type | seed | system | old F before | change, mean (min to max) | new F |")
+def print_means(title: str, key: str, groups: Dict[Tuple[str, str, int], List[Row]]) -> None:
+    """One row per held-out type, system and `key` (a seed, or a fold): the mean change of the
+    old types' F over the group's runs, its spread, the mean F before and the new type's F."""
+    print(f"\n{title}")
+    print(f"| held-out type | {key} | system | old F before | change, mean (min to max) | new F |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for (new, system, seed), rows in folds.items():
+    for (new, system, label), rows in groups.items():
         changes = [after - before for before, after, _ in rows]
-        new_f = statistics.mean(r[2] for r in rows)
-        print(f"| {new} | {seed} | {NAMES[system]} | {rows[0][0]:.1f} | "
+        before, new_f = (statistics.mean(r[k] for r in rows) for k in (0, 2))
+        print(f"| {new} | {label} | {NAMES[system]} | {before:.1f} | "
               f"{statistics.mean(changes):+.1f} ({min(changes):+.1f} to {max(changes):+.1f}) | "
               f"{new_f:.1f} |")  # fmt: skip
+
+
+def by_fold(runs: Dict[Tuple[str, str, int], List[Row]]) -> Dict[Tuple[str, str, int], List[Row]]:
+    """The runs of every seed that tests on the same fold (seed % FOLDS), together."""
+    folds: Dict[Tuple[str, str, int], List[Row]] = {}
+    for (new, system, seed), rows in runs.items():
+        folds.setdefault((new, system, seed % FOLDS), []).extend(rows)
+    return folds
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -324,21 +335,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"Q3 on {len(tweets)} tweets from {args.data}; {vars(args)}")
     print("| held-out type | seed | system | old types F before | after | new type F |")
     print("| --- | --- | --- | --- | --- | --- |")
-    folds: Dict[Tuple[str, str, int], List[Row]] = {}
+    runs: Dict[Tuple[str, str, int], List[Row]] = {}
     for new in args.types:
         for seed in args.seeds:
             for system, rows in run_one(tweets, new, seed, args).items():
-                folds[(new, system, seed)] = rows
+                runs[(new, system, seed)] = rows
                 for r, row in enumerate(rows):
                     print(f"| {new} | {seed}.{r} | {NAMES[system]} | {row[0]:.1f} | "
                           f"{row[1]:.1f} | {row[2]:.1f} |", flush=True)  # fmt: skip
     if args.repeats > 1:
-        print_fold_means(folds)
+        print_means("Means over the repeats of each seed", "seed", runs)
+    if len({seed % FOLDS for seed in args.seeds}) < len(args.seeds):
+        print_means("Means over the seeds (and repeats) of each fold", "fold", by_fold(runs))
     print("\nMeans over every run (spread: min-max of old F after)")
     print("| held-out type | system | old types F before | after | change | new type F |")
     print("| --- | --- | --- | --- | --- | --- |")
     table: Dict[Tuple[str, str], List[Row]] = {}  # every run of a type and system
-    for (new, system, _), rows in folds.items():
+    for (new, system, _), rows in runs.items():
         table.setdefault((new, system), []).extend(rows)
     for (new, system), rows in table.items():
         b, a, n = (statistics.mean(r[k] for r in rows) for k in range(3))
