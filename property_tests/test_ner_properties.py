@@ -9,7 +9,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torchlayers.spacy._ner_teacher import annotated_columns, soft_loss, soft_targets, teacher_ids
+from torchlayers.spacy._ner_teacher import (
+    ANNOTATED_WEIGHT,
+    annotated_columns,
+    row_weights,
+    soft_loss,
+    soft_targets,
+    teacher_ids,
+)
 from torchlayers.spacy.biluo import is_valid, transition_scores, viterbi
 from torchlayers.spacy.crf import LinearChainCRF, boundary_allowed, log_partition
 
@@ -113,10 +120,10 @@ def test_annotated_types_gradient_follows_the_teacher_off_the_gold_spans(case):
     """N5: with annotated_types set, at a token the gold marks O the gradient of the loss
     w.r.t. the scores is softmax - the teacher's softmax over the other tags (the annotated
     types' tags zeroed, renormalised): it pulls no probability toward an annotated type's tag;
-    at a gold entity token it is softmax - one_hot; at a missing token 0."""
+    at a gold entity token it is ANNOTATED_WEIGHT * (softmax - one_hot); at a missing token 0."""
     n_labels, annotated, student, teacher, gold = case
     banned = annotated_columns([f"T{i}" for i in range(n_labels)], [f"T{i}" for i in annotated])
-    _, d = soft_loss(student, soft_targets(teacher, gold, banned))
+    _, d = soft_loss(student, soft_targets(teacher, gold, banned), row_weights(gold))
     probs = softmax(student.astype("f8"))
     outside = gold == 0
     target = softmax(teacher.astype("f8"))
@@ -126,7 +133,9 @@ def test_annotated_types_gradient_follows_the_teacher_off_the_gold_spans(case):
     assert (d[outside][:, banned] >= -1e-7).all()  # descent lowers (never raises) those scores
     inside = numpy.nonzero(gold > 0)[0]
     one_hot = numpy.eye(student.shape[1])[gold[inside]]
-    numpy.testing.assert_allclose(d[inside], probs[inside] - one_hot, atol=1e-5)
+    numpy.testing.assert_allclose(
+        d[inside], ANNOTATED_WEIGHT * (probs[inside] - one_hot), atol=1e-5
+    )
     assert (d[gold < 0] == 0).all()
 
 

@@ -14,6 +14,7 @@ from spacy.tokens import DocBin  # noqa: E402
 from spacy.training import Example  # noqa: E402
 
 from torchlayers.averaged import is_averaged, use_averages  # noqa: E402
+from torchlayers.spacy._ner_teacher import ANNOTATED_WEIGHT  # noqa: E402
 from torchlayers.spacy.biluo import transition_scores, viterbi  # noqa: E402
 from torchlayers.spacy.ner import learned_transitions  # noqa: E402
 
@@ -182,7 +183,8 @@ def test_bad_settings_are_refused(value: Any, message: str) -> None:
 
 def test_gradient_outside_gold_spans_follows_the_teacher() -> None:
     """N5: with the setting, a gold O token's gradient is softmax - the teacher's softmax
-    without the annotated type's tags; a token in a gold span gets softmax - one_hot."""
+    without the annotated type's tags; a token in a gold span gets ANNOTATED_WEIGHT *
+    (softmax - one_hot)."""
     nlp, _ = old_types_trained(False)
     ner = nlp.get_pipe("torch_ner")
     ner.annotated_types = ["CITY"]
@@ -198,7 +200,9 @@ def test_gradient_outside_gold_spans_follows_the_teacher() -> None:
     target /= target.sum(1, keepdims=True)
     target[3] = 0
     target[3, ner.tags.index("U-CITY")] = 1
-    numpy.testing.assert_allclose(d, probs - target, atol=1e-5)
+    weights = numpy.ones((len(target), 1))
+    weights[3] = ANNOTATED_WEIGHT
+    numpy.testing.assert_allclose(d, weights * (probs - target), atol=1e-5)
 
 
 @pytest.mark.parametrize("transitions", [False, True])

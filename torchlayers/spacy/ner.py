@@ -33,7 +33,7 @@ from thinc.api import ArgsKwargs, Config, Model, Optimizer, set_dropout_rate, to
 from thinc.types import Floats2d
 
 from . import ner_model  # noqa: F401  registers torchlayers.TorchNER.v1
-from ._ner_teacher import annotated_columns, soft_loss, soft_targets, teacher_ids
+from ._ner_teacher import annotated_columns, row_weights, soft_loss, soft_targets, teacher_ids
 from ._registry import register
 from .biluo import check_label, tag_names, transition_scores, viterbi
 
@@ -321,7 +321,7 @@ class TorchEntityRecognizer(TrainablePipe):
                 doc_loss, d = softmax_loss(to_numpy(doc_scores), ids)
             else:
                 targets = soft_targets(teacher[0][i], ids, banned)
-                doc_loss, d = soft_loss(to_numpy(doc_scores), targets)
+                doc_loss, d = soft_loss(to_numpy(doc_scores), targets, row_weights(ids))
             loss += doc_loss
             d_scores.append(ops.asarray2f(cast(Floats2d, d)))
         return loss, d_scores
