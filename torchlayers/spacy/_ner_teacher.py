@@ -26,7 +26,7 @@ best path.
 Gold ids per token: -1 missing (no gradient), 0 `O`, > 0 an entity tag.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy
 
@@ -77,20 +77,16 @@ def row_weights(gold: numpy.ndarray) -> numpy.ndarray:
 
 
 def soft_loss(
-    scores: numpy.ndarray, targets: numpy.ndarray, weights: Optional[numpy.ndarray] = None
+    scores: numpy.ndarray, targets: numpy.ndarray, weights: numpy.ndarray
 ) -> Tuple[float, numpy.ndarray]:
     """Cross-entropy of each row's softmax against its target distribution, times the row's
-    weight (1 without `weights`), and its gradient `weight * (softmax - target)`
-    (unnormalised, as `softmax_loss`); an all-zero target row counts for nothing."""
+    weight (`row_weights`), and its gradient `weight * (softmax - target)` (unnormalised, as
+    `softmax_loss`); an all-zero target row counts for nothing."""
     log_probs = log_softmax(scores)
     used = targets.sum(axis=1) > 0
-    d = numpy.exp(log_probs) - targets
+    d = (numpy.exp(log_probs) - targets) * weights[:, None]
     d[~used] = 0.0
-    losses = -(targets * log_probs).sum(axis=1)
-    if weights is not None:
-        d *= weights[:, None]
-        losses *= weights
-    return float(losses.sum()), d.astype("f")
+    return float((-(targets * log_probs).sum(axis=1) * weights).sum()), d.astype("f")
 
 
 def teacher_ids(
