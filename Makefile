@@ -45,7 +45,7 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/lint-imports
 
 types: $(VENV)/.dev
-	$(VENV)/bin/mypy torchlayers
+	$(VENV)/bin/mypy torchlayers bench
 
 unit: $(VENV)/.dev
 	$(PY) -m pytest -q tests

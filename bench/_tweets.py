@@ -18,7 +18,9 @@ Found = Tuple[int, int, int, str]  # doc, start, end, type
 
 
 def read_conll(path: Path) -> List[Tweet]:
-    tweets, words, tags = [], [], []
+    tweets: List[Tweet] = []
+    words: List[str] = []
+    tags: List[str] = []
     for line in path.read_text(encoding="utf8").splitlines() + [""]:
         if not line.strip():
             if words:

@@ -18,6 +18,7 @@ from typing import Callable, Dict
 
 import numpy
 import torch
+from thinc.api import Model
 from torch.autograd.variable import Variable
 
 from torchlayers import with_torch
@@ -29,7 +30,7 @@ def fixed_cost_cases() -> Dict[str, Callable[[], object]]:
     torch.manual_seed(0)
     plain, wrapped = torch.nn.Linear(4, 4).eval(), torch.nn.Linear(4, 4)
     plain_train = torch.nn.Linear(4, 4)  # stays in train mode: torch flips nothing per call
-    model = with_torch(wrapped)
+    model: Model = with_torch(wrapped)
     X = numpy.ones((1, 4), dtype="float32")
     dY = numpy.ones((1, 4), dtype="float32")
 
@@ -82,7 +83,7 @@ def threaded_ratio(calls: int = 12) -> float:
     module = torch.nn.Sequential(
         torch.nn.Linear(768, 3072), torch.nn.ReLU(), torch.nn.Linear(3072, 768)
     )
-    model = with_torch(module)
+    model: Model = with_torch(module)
     X = numpy.random.default_rng(0).standard_normal((128, 768), dtype=numpy.float32)
 
     def run(threads: int) -> float:

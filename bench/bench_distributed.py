@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, cast
 
 ROUNDS, STEPS = 7, 3
 DOCS, MIN_LEN, MAX_LEN = 1024, 10, 30
@@ -69,9 +69,10 @@ def rank_main() -> int:
     import torch
     import torch.distributed as dist
     from thinc.api import Adam, HashEmbed, Model, chain, list2ragged, reduce_mean, with_array
+    from thinc.optimizers import Optimizer
 
     from torchlayers import with_torch
-    from torchlayers.distributed import broadcast_weights, data_parallel
+    from torchlayers.distributed import SumShim, broadcast_weights, data_parallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
@@ -84,7 +85,7 @@ def rank_main() -> int:
             torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(),
             torch.nn.Linear(HIDDEN, CLASSES),
         )  # fmt: skip
-        model = chain(
+        model: Model = chain(
             list2ragged(), with_array(HashEmbed(WIDTH, 2000)), reduce_mean(), with_torch(mlp)
         )
         model.initialize()
@@ -98,7 +99,7 @@ def rank_main() -> int:
     broadcast_weights(together)
     opt_alone, opt_together = Adam(1e-3), Adam(1e-3)
 
-    def steps(model: Model, opt: Adam) -> float:
+    def steps(model: Model, opt: Optimizer) -> float:
         start = time.perf_counter()
         for _ in range(STEPS):
             Y, backprop = model(docs, is_train=True)
@@ -116,7 +117,7 @@ def rank_main() -> int:
         dist.barrier()
         times["together"].append(steps(together, opt_together))
         dist.barrier()
-    stats = together.shims[0].last
+    stats = cast(SumShim, together.shims[0]).last
     result: Dict[str, object] = {k: statistics.median(v) for k, v in times.items() if v}
     result.update(stats.__dict__)
     dist.destroy_process_group()

@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Tuple, cast
 
 import numpy
 import torch
-from thinc.api import PyTorchLSTM
+from thinc.api import Model, PyTorchLSTM
+from thinc.types import Floats2d
 
 from torchlayers.spacy._bilstm import BiLSTM, Flips, states_around, states_at
 from torchlayers.spacy.encoders import build_torch_bilstm_encoder, build_torch_bilstm_encoder_v2
@@ -37,12 +38,13 @@ def docs_and_grads() -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
 
 def models(Xs: List[numpy.ndarray]) -> Dict[str, object]:
     torch.manual_seed(0)
+    sample = cast(List[Floats2d], Xs[:2])
     ours = build_torch_bilstm_encoder(WIDTH)
-    ours.initialize(X=Xs[:2])
+    ours.initialize(X=sample)
     ours_v2 = build_torch_bilstm_encoder_v2(WIDTH)
-    ours_v2.initialize(X=Xs[:2])
-    anchor = PyTorchLSTM(WIDTH, WIDTH, bi=True)
-    anchor.initialize(X=Xs[:2])
+    ours_v2.initialize(X=sample)
+    anchor: Model = PyTorchLSTM(WIDTH, WIDTH, bi=True)  # typed Padded; with_padded takes lists
+    anchor.initialize(X=sample)
     return {"ours": ours, "ours v2": ours_v2, "PyTorchLSTM": anchor}
 
 
@@ -81,11 +83,12 @@ def training_steps(Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Dict[st
 def padding(model, Xs: List[numpy.ndarray], dYs: List[numpy.ndarray]) -> Callable[[], object]:
     """What with_padding adds to a step: pad X and dY, unpad Y and dX (the same sizes)."""
     lengths = [len(x) for x in Xs]
+    X_rows, dY_rows = cast(List[Floats2d], Xs), cast(List[Floats2d], dYs)
 
     def run() -> object:
-        X, _ = pad(model, Xs, lengths)
+        X, _ = pad(model, X_rows, lengths)
         Y = [X[i, :n] for i, n in enumerate(lengths)]
-        dY, _ = pad(model, dYs, lengths)
+        dY, _ = pad(model, dY_rows, lengths)
         return Y, [dY[i, :n] for i, n in enumerate(lengths)]
 
     return run

@@ -43,7 +43,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
 
 import numpy
 import spacy
@@ -99,7 +99,7 @@ def scores(nlp: Language, test: Sequence[Example], old: Set[str], new: str) -> T
 
 def make_nlp(factory: str, transitions: bool) -> Language:
     nlp = spacy.blank("en")
-    model = {"tok2vec": TOK2VEC}
+    model: Dict[str, Any] = {"tok2vec": TOK2VEC}
     if factory == "torch_ner":
         model["transitions"] = transitions
     nlp.add_pipe(factory, name="ner", config={"model": model})
@@ -234,7 +234,7 @@ def fine_tune(
     factory = factory_of(system)
     fix_random_seed(tune)
     nlp = make_nlp(factory, args.transitions).from_bytes(data)
-    ner = nlp.get_pipe("ner")
+    ner = cast(Any, nlp.get_pipe("ner"))  # spaCy's ner or torch_ner
     if system == "pseudo":
         examples = pseudo_examples(nlp, train_tw, new)  # before add_label: old types only
     elif system == "control":

@@ -43,11 +43,11 @@ def grow_and_shrink(model: Model) -> Callable[[], object]:
 
 def cases() -> Dict[str, Callable[[], object]]:
     torch.manual_seed(0)
-    head_only = resizable(with_torch(torch.nn.Linear(WIDTH, CLASSES)))
-    behind_node = chain(
+    head_only: Model = resizable(with_torch(torch.nn.Linear(WIDTH, CLASSES)))
+    behind_node: Model = chain(
         with_torch(encoder()), resizable(with_torch(torch.nn.Linear(WIDTH, CLASSES)))
     )
-    same_module = resizable(
+    same_module: Model = resizable(
         with_torch(torch.nn.Sequential(encoder(), torch.nn.Linear(WIDTH, CLASSES)))
     )
     return {

@@ -15,13 +15,14 @@
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple, cast
 
 import spacy
+from spacy.language import Language
 from spacy.training import Example
-from thinc.api import Adam, fix_random_seed
+from thinc.api import Adam, Optimizer, fix_random_seed
 
-import torchlayers.spacy.ner  # noqa: F401  registers torch_ner
+from torchlayers.spacy.ner import TorchEntityRecognizer  # also registers torch_ner
 
 from ._timing import medians, report
 
@@ -39,7 +40,10 @@ def decoding_cases(transitions: bool, varied: bool = False) -> Dict[str, Callabl
     doc of a batch; the docs still running at each step are all it works on)."""
     fix_random_seed(0)
     nlp = spacy.blank("en")
-    ner = nlp.add_pipe("torch_ner", config={"model": {"transitions": transitions}})
+    ner = cast(
+        TorchEntityRecognizer,
+        nlp.add_pipe("torch_ner", config={"model": {"transitions": transitions}}),
+    )
     for label in TYPES:
         ner.add_label(label)
     lengths = [1 + (i * 29) % 39 if varied else TOKENS for i in range(DOCS)]
@@ -50,6 +54,18 @@ def decoding_cases(transitions: bool, varied: bool = False) -> Dict[str, Callabl
     nlp.initialize(lambda: [Example(doc, doc) for doc in docs[:4]])
     scores = ner.model.predict(docs)
     return {"predict": lambda: ner.predict(docs), "decode": lambda: ner.decode(scores)}
+
+
+def initialized(nlp: Language, data: List[Tuple[str, Any]]) -> List[Any]:
+    """Initializes `nlp` on the corpus `data`; returns its examples."""
+    egs: List[Any] = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in data]
+    nlp.initialize(lambda: egs)
+    return egs
+
+
+def update(nlp: Language, egs: List[Any], sgd: Optimizer) -> Callable[[], object]:
+    """A case to time: one nlp.update on `egs`."""
+    return lambda: nlp.update(egs, sgd=sgd)
 
 
 def training_cases() -> Dict[str, Callable[[], object]]:
@@ -69,10 +85,9 @@ def training_cases() -> Dict[str, Callable[[], object]]:
         fix_random_seed(0)
         nlp = spacy.blank("en")
         nlp.add_pipe(factory, config={"model": model})
-        egs: List[Any] = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in data]
-        nlp.initialize(lambda egs=egs: egs)
+        egs = initialized(nlp, data)
         optimizer = Adam(0.001)
-        cases[name] = lambda nlp=nlp, egs=egs, opt=optimizer: nlp.update(egs, sgd=opt)
+        cases[name] = update(nlp, egs, optimizer)
     return cases
 
 
@@ -86,12 +101,11 @@ def ema_cases() -> Tuple[Dict[str, Callable[[], object]], Dict[str, int]]:
         fix_random_seed(0)
         nlp = spacy.blank("en")
         nlp.add_pipe("torch_ner", config={"model": {"max_decay": max_decay}})
-        egs: List[Any] = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in data]
-        nlp.initialize(lambda egs=egs: egs)
+        egs = initialized(nlp, data)
         optimizer = Adam(0.001)
         nlp.update(egs, sgd=optimizer)  # the EMA exists from the first update
-        sizes[name] = len(nlp.get_pipe("torch_ner").to_bytes())
-        cases[name] = lambda nlp=nlp, egs=egs, opt=optimizer: nlp.update(egs, sgd=opt)
+        sizes[name] = len(cast(TorchEntityRecognizer, nlp.get_pipe("torch_ner")).to_bytes())
+        cases[name] = update(nlp, egs, optimizer)
     return cases, sizes
 
 

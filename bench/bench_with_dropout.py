@@ -37,7 +37,7 @@ def layers() -> Dict[str, Callable[[], Model]]:
 def steps(make: Callable[[], Model], rate: float) -> Dict[str, Callable[[], object]]:
     """One forward+backward each, from the same X and dY; no optimizer step."""
     ours = with_dropout(make(), rate)
-    theirs = chain(make(), Dropout(rate))
+    theirs: Model = chain(make(), Dropout(rate))
     rng = numpy.random.default_rng(0)
     X = rng.standard_normal((BATCH, NI), dtype=numpy.float32)
     dY = rng.standard_normal(ours.predict(X).shape, dtype=numpy.float32)

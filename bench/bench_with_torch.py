@@ -3,11 +3,11 @@
 Each case goes from the same arrays (numpy on CPU, cupy on CUDA) to the same results.
 """
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple, cast
 
 import numpy
 import torch
-from thinc.api import Adam, PyTorchWrapper
+from thinc.api import Adam, Optimizer, PyTorchWrapper
 
 from torchlayers import with_torch
 
@@ -22,7 +22,7 @@ def mlp(nI: int, nH: int, nO: int, device: str) -> torch.nn.Module:
     return torch.nn.Sequential(*layers).to(device)
 
 
-def thinc_adam() -> Adam:
+def thinc_adam() -> Optimizer:
     """Thinc's Adam doing what torch.optim.Adam does: no gradient clipping, no averages."""
     return Adam(1e-3, grad_clip=0.0, use_averages=False)
 
@@ -71,7 +71,7 @@ def training_steps(shape: Tuple[int, int, int, int], device: str) -> Dict[str, C
         plain(X_leaf).backward(as_tensor(dY))
         torch_adam.step()
         torch_adam.zero_grad(set_to_none=True)
-        return as_array(X_leaf.grad) if needs_dX else None
+        return as_array(cast(torch.Tensor, X_leaf.grad)) if needs_dX else None
 
     ours = on_device(with_torch(mlp(nI, nH, nO, "cpu")), device)
     wrapper = on_device(PyTorchWrapper(mlp(nI, nH, nO, device)), device)
@@ -83,7 +83,7 @@ def training_steps(shape: Tuple[int, int, int, int], device: str) -> Dict[str, C
     }
 
 
-def thinc_step(model: Any, X: Any, dY: Any, optimizer: Adam) -> Callable[[], object]:
+def thinc_step(model: Any, X: Any, dY: Any, optimizer: Optimizer) -> Callable[[], object]:
     """One Thinc training step: forward, backprop from the fixed `dY`, the optimizer."""
 
     def step() -> object:
