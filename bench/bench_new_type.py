@@ -26,7 +26,8 @@ tweets, dropout 0.1, spaCy's default optimizer (Adam 0.001, L2 0.01, grad_clip 1
 for every system; one torch thread. Prints one Markdown row per system and seed, then the means.
 
 With `--repeats R`, step 2 runs R times from the same step-1 pipeline, with seeds `s + 1000 r`
-for its batch order and dropout (r = 0 is the run without the option), and a table of each
+for its batch order and dropout (r = 0 is the run without the option; `--first-repeat F`
+starts at r = F, for fresh runs of pipelines already measured), and a table of each
 fold's mean change follows: how far the old types move on that fold, apart from the luck of
 one fine-tuning run. `--cache DIR` keeps step 1's pipelines and reuses them. Seeds s and
 s + 5 test on the same fold from other step-1 trainings; with more than one seed per fold, a
@@ -148,8 +149,9 @@ Row = Tuple[float, float, float]  # old types' F before, after, the new type's F
 def run_one(
     tweets: List[Tweet], new: str, seed: int, args: argparse.Namespace
 ) -> Dict[str, List[Row]]:
-    """{system: one row per repeat} for one held-out type and seed. Repeat r fine-tunes the
-    same step-1 pipeline with seed `seed + 1000 * r` (batch order, dropout); r = 0 is `seed`."""
+    """{system: one row per repeat} for one held-out type and seed. Repeat r (from
+    `--first-repeat`) fine-tunes the same step-1 pipeline with seed `seed + 1000 * r` (batch
+    order, dropout); r = 0 is `seed`."""
     folds = numpy.random.RandomState(0).permutation(len(tweets)) % FOLDS
     train_tw = [t for t, f in zip(tweets, folds) if f != seed % FOLDS]
     test_tw = [t for t, f in zip(tweets, folds) if f == seed % FOLDS]
@@ -162,7 +164,7 @@ def run_one(
         trained[factory] = step_one(factory, (train_tw, test_tw), new, seed, args)
     for system in systems:
         factory = factory_of(system)
-        for r in range(args.repeats):
+        for r in range(args.first_repeat, args.first_repeat + args.repeats):
             start = time.perf_counter()
             row = fine_tune(
                 system, trained[factory], (train_tw, test_tw), new, seed + 1000 * r, args
@@ -320,6 +322,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--repeats", type=int, default=1, help="fine-tune each step-1 pipeline this many times"
     )
     parser.add_argument(
+        "--first-repeat", type=int, default=0, help="the first repeat's r (seed s + 1000 r)"
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -340,7 +345,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for seed in args.seeds:
             for system, rows in run_one(tweets, new, seed, args).items():
                 runs[(new, system, seed)] = rows
-                for r, row in enumerate(rows):
+                for r, row in enumerate(rows, start=args.first_repeat):
                     print(f"| {new} | {seed}.{r} | {NAMES[system]} | {row[0]:.1f} | "
                           f"{row[1]:.1f} | {row[2]:.1f} |", flush=True)  # fmt: skip
     if args.repeats > 1:
