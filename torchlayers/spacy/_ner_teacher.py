@@ -11,9 +11,9 @@ when this training began):
   gold span weighs `ANNOTATED_WEIGHT` (0.5) in it (`row_weights`): the distillation's usual
   balance between the hard labels and the teacher. Learning the new type is what moves the
   shared layers, and the teacher's targets hold the old types on the training tweets only, so
-  the hard labels at half weight move the old types less on unseen ones (Q3 on WNUT-16, six
-  runs on each of ten folds: the weakest fold's mean change -0.9 against -1.7 at weight 1;
-  docs/torch_ner.md);
+  the hard labels at half weight move the old types less on unseen ones (Q3 on WNUT-16, ten
+  folds: the weakest fold's mean change -0.9 against -1.7 at weight 1 over six runs each, and
+  -0.8 over nine fresh runs each; docs/torch_ner.md);
 - with the CRF (`teacher_ids`): the teacher's best valid BILUO path under the gold's
   constraints (gold tags inside gold spans, no annotated type's tag outside them) becomes the
   gold tag sequence of the CRF loss (hard targets: a CRF's loss takes allowed tags, not
